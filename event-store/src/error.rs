@@ -1,0 +1,81 @@
+//! The event store's one error enum, and the decode error that names a stored event.
+
+use uuid::Uuid;
+
+use crate::event::{ExpectedVersion, Position};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A stream was not at the expected version. The caller reloads the stream, decides again and
+    /// retries (or gives up): this is optimistic concurrency, not a failure of the store.
+    #[error("stream {stream_id} is at version {actual}, but the append expected {expected}")]
+    Conflict {
+        stream_id: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+
+    /// Some, but not all, of an append's event ids are stored already, or a stored id belongs to
+    /// another stream: the append is neither new nor a repeat of an earlier one.
+    #[error("event {event_id} is stored already: {reason}")]
+    DuplicateEvent { event_id: Uuid, reason: String },
+
+    /// An event that cannot be stored as given.
+    #[error("event {event_id} is invalid: {reason}")]
+    InvalidEvent { event_id: Uuid, reason: String },
+
+    /// An append that cannot be carried out as given (no events, a stream named twice, ...).
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+
+    /// A stored row that does not map back into an event (the schema was altered by hand?).
+    #[error("stored event at position {position} is unreadable: {reason}")]
+    Corrupt { position: i64, reason: String },
+
+    /// The store is shutting down or its writer has stopped.
+    #[error("the event store is closed")]
+    Closed,
+
+    /// The database could not be reached for a batch this append was part of; worth retrying.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+
+    /// The database URL names no backend this store has.
+    #[error("unsupported database URL {0:?}: expected postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// True for errors worth retrying as they are (the database went away, a pool timed out).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(error) => matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            StoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A stored event that does not decode into the caller's types. `source` says why (for the domain:
+/// an unknown type, which consumers skip, or data that does not fit the type, which is poison).
+#[derive(Debug, thiserror::Error)]
+#[error("event {event_id} at position {position} (type {event_type}) does not decode: {source}")]
+pub struct DecodeError<E: std::error::Error + 'static> {
+    pub event_id: Uuid,
+    pub position: Position,
+    pub event_type: String,
+    #[source]
+    pub source: E,
+}

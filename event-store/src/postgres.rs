@@ -1,0 +1,359 @@
+//! The Postgres backend.
+//!
+//! One writer task per store (see [`crate::writer`]) writes each batch in one transaction:
+//! lock the log head row, load the versions of the batch's streams and whichever of its event ids
+//! are stored already, plan, insert every accepted row with one `unnest` insert, move the head and
+//! `NOTIFY zq_events` with it, commit. Other processes appending to the same database take the
+//! same row lock, so positions stay dense and in commit order across processes too.
+//!
+//! Readers are woken by `LISTEN zq_events` (a task per store keeps a listener connection and
+//! reconnects when it drops) and by the store's own commits.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{AppendResult, EventMetadata, Position, RecordedEvent, StreamAppend};
+use crate::plan::{StoredEventRef, plan_batch};
+use crate::store::EventStore;
+use crate::writer::{BatchSink, PendingAppend, announce, spawn_writer, submit};
+
+/// The channel the store notifies with the new head after each commit.
+const NOTIFY_CHANNEL: &str = "zq_events";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PostgresEventStore {
+    pool: PgPool,
+    queue: mpsc::Sender<PendingAppend>,
+    head_hint: watch::Receiver<Position>,
+    listener: JoinHandle<()>,
+}
+
+impl PostgresEventStore {
+    /// Connect with a pool of default size and migrate the schema.
+    pub async fn connect(database_url: &str) -> Result<PostgresEventStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(database_url)
+            .await?;
+        PostgresEventStore::with_pool(pool).await
+    }
+
+    /// Use an existing pool (the caller sizes it), migrating the schema first.
+    pub async fn with_pool(pool: PgPool) -> Result<PostgresEventStore, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        let head = read_head(&pool).await?;
+        let (hint_sender, head_hint) = watch::channel(head);
+        let listener = tokio::spawn(listen_for_appends(pool.clone(), hint_sender.clone()));
+        let queue = spawn_writer(PgBatchSink { pool: pool.clone() }, hint_sender);
+        Ok(PostgresEventStore {
+            pool,
+            queue,
+            head_hint,
+            listener,
+        })
+    }
+
+    /// The pool, for the read models and tools that share this database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl Drop for PostgresEventStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError> {
+        submit(&self.queue, streams).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
+        ))
+        .bind(stream_id)
+        .bind(to_i64(after_version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        read_head(&self.pool).await
+    }
+
+    fn head_hint(&self) -> watch::Receiver<Position> {
+        self.head_hint.clone()
+    }
+}
+
+const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, \
+     data::text AS data, correlation_id, causation_id, partition_key, trace_context, occurred_at, \
+     recorded_at FROM zq_events";
+
+fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let stream_version: i64 = row.try_get("stream_version")?;
+    Ok(RecordedEvent {
+        position: Position(from_i64(position, position)?),
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: from_i64(stream_version, position)?,
+        event_type: row.try_get("event_type")?,
+        data: row.try_get("data")?,
+        metadata: EventMetadata {
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            partition_key: row.try_get("partition_key")?,
+            trace_context: row.try_get("trace_context")?,
+            occurred_at: row.try_get("occurred_at")?,
+        },
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+async fn read_head(pool: &PgPool) -> Result<Position, StoreError> {
+    let head: i64 = sqlx::query_scalar("SELECT position FROM zq_log_head")
+        .fetch_one(pool)
+        .await?;
+    Ok(Position(from_i64(head, head)?))
+}
+
+/// Positions and versions are `bigint` in the database and never negative.
+pub(crate) fn from_i64(value: i64, position: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        position,
+        reason: format!("negative number {value}"),
+    })
+}
+
+/// Positions, versions and limits stay far below `i64::MAX`; saturate rather than wrap if a
+/// caller passes something absurd.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+struct PgBatchSink {
+    pool: PgPool,
+}
+
+impl BatchSink for PgBatchSink {
+    async fn write_batch<'a>(
+        &'a mut self,
+        appends: &'a [&'a [StreamAppend]],
+    ) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The lock that keeps positions dense and in commit order; held until commit.
+        let head: i64 = sqlx::query_scalar("SELECT position FROM zq_log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = Position(from_i64(head, head)?);
+
+        let streams = appends.iter().flat_map(|a| a.iter());
+        let stream_ids: Vec<&str> = streams
+            .clone()
+            .map(|s| s.stream_id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let event_ids: Vec<Uuid> = streams
+            .flat_map(|s| s.events.iter().map(|e| e.event_id))
+            .collect();
+        let versions = stream_versions(&mut tx, &stream_ids).await?;
+        let stored = stored_events(&mut tx, &event_ids).await?;
+
+        let plan = plan_batch(appends, versions, stored, head);
+        if !plan.rows.is_empty() {
+            insert_rows(&mut tx, &plan.rows, plan.head).await?;
+        }
+        tx.commit().await?;
+        Ok((plan.outcomes, plan.head))
+    }
+}
+
+async fn stream_versions(
+    tx: &mut Transaction<'_, Postgres>,
+    stream_ids: &[&str],
+) -> Result<HashMap<String, u64>, StoreError> {
+    // One index probe per stream (the newest version), however long the stream is.
+    let rows = sqlx::query(
+        "SELECT s.stream_id, (SELECT e.stream_version FROM zq_events e \
+           WHERE e.stream_id = s.stream_id ORDER BY e.stream_version DESC LIMIT 1) AS version \
+         FROM unnest($1::text[]) AS s(stream_id)",
+    )
+    .bind(stream_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut versions = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let version: Option<i64> = row.try_get("version")?;
+        if let Some(version) = version {
+            versions.insert(row.try_get("stream_id")?, from_i64(version, -1)?);
+        }
+    }
+    Ok(versions)
+}
+
+async fn stored_events(
+    tx: &mut Transaction<'_, Postgres>,
+    event_ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredEventRef>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT event_id, stream_id, stream_version, position FROM zq_events \
+         WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let position: i64 = row.try_get("position")?;
+        let version: i64 = row.try_get("stream_version")?;
+        stored.insert(
+            row.try_get("event_id")?,
+            StoredEventRef {
+                stream_id: row.try_get("stream_id")?,
+                stream_version: from_i64(version, position)?,
+                position: Position(from_i64(position, position)?),
+            },
+        );
+    }
+    Ok(stored)
+}
+
+async fn insert_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[crate::plan::PlannedRow<'_>],
+    head: Position,
+) -> Result<(), StoreError> {
+    let mut positions = Vec::with_capacity(rows.len());
+    let mut event_ids = Vec::with_capacity(rows.len());
+    let mut stream_ids = Vec::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut data = Vec::with_capacity(rows.len());
+    let mut correlation_ids = Vec::with_capacity(rows.len());
+    let mut causation_ids = Vec::with_capacity(rows.len());
+    let mut partition_keys = Vec::with_capacity(rows.len());
+    let mut trace_contexts = Vec::with_capacity(rows.len());
+    let mut occurred_ats: Vec<DateTime<Utc>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = row.event;
+        positions.push(to_i64(row.position.0));
+        event_ids.push(event.event_id);
+        stream_ids.push(row.stream_id);
+        versions.push(to_i64(row.stream_version));
+        types.push(event.event_type.as_str());
+        data.push(event.data());
+        correlation_ids.push(event.metadata.correlation_id);
+        causation_ids.push(event.metadata.causation_id);
+        partition_keys.push(event.metadata.partition_key.as_deref());
+        trace_contexts.push(event.metadata.trace_context.as_deref());
+        occurred_ats.push(event.metadata.occurred_at);
+    }
+    // Data-modifying CTEs all run, referenced or not: insert the rows, move the head, notify
+    // (delivered at commit) — one round trip.
+    sqlx::query(
+        "WITH inserted AS (
+            INSERT INTO zq_events (position, event_id, stream_id, stream_version, event_type,
+                data, correlation_id, causation_id, partition_key, trace_context, occurred_at,
+                recorded_at)
+            SELECT p, i, s, v, t, d::json, c, ca, pk, tc, o, clock_timestamp()
+            FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
+                        $6::text[], $7::uuid[], $8::uuid[], $9::text[], $10::text[],
+                        $11::timestamptz[])
+                 AS u(p, i, s, v, t, d, c, ca, pk, tc, o)
+            RETURNING 1
+        ), moved AS (
+            UPDATE zq_log_head SET position = $12 RETURNING 1
+        )
+        SELECT pg_notify($13, $12::text)",
+    )
+    .bind(&positions)
+    .bind(&event_ids)
+    .bind(&stream_ids)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&data)
+    .bind(&correlation_ids)
+    .bind(&causation_ids)
+    .bind(&partition_keys)
+    .bind(&trace_contexts)
+    .bind(&occurred_ats)
+    .bind(to_i64(head.0))
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Keep a `LISTEN zq_events` connection and pass every announced head on to the readers. When
+/// the connection drops, sqlx reconnects on the next `recv`; notifications sent meanwhile are
+/// lost, which the readers' polling covers. After a failed reconnect we back off and retry.
+async fn listen_for_appends(pool: PgPool, head_hint: watch::Sender<Position>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                warn!(%error, "cannot open the LISTEN connection; readers fall back to polling");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
+            warn!(%error, "LISTEN failed; readers fall back to polling");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        loop {
+            match listener.recv().await {
+                Ok(notification) => match notification.payload().parse::<u64>() {
+                    Ok(head) => announce(&head_hint, Position(head)),
+                    Err(_) => debug!(payload = notification.payload(), "ignored notification"),
+                },
+                Err(error) => {
+                    warn!(%error, "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

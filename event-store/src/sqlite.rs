@@ -1,0 +1,258 @@
+//! The SQLite backend, for the embedded default.
+//!
+//! SQLite has one writer at a time, which is exactly the discipline the log needs: each batch
+//! runs in one `BEGIN IMMEDIATE` transaction on the writer task's own connection, allocates
+//! positions as `max + 1` and commits. Readers use a separate small pool; WAL mode lets them read
+//! while the writer writes. `synchronous = FULL`: a booking the API has accepted survives a power
+//! cut, not only a crash.
+//!
+//! There is no cross-process notification in SQLite: the writer wakes this process's readers
+//! through the head hint, and readers in other processes (e.g. a replay tool) poll.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{AppendResult, EventMetadata, Position, RecordedEvent, StreamAppend};
+use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
+use crate::postgres::{from_i64, to_i64};
+use crate::store::EventStore;
+use crate::writer::{BatchSink, PendingAppend, spawn_writer, submit};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row statement: 12 bound values a row stays well under SQLite's 32766.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+pub struct SqliteEventStore {
+    pool: SqlitePool,
+    queue: mpsc::Sender<PendingAppend>,
+    head_hint: watch::Receiver<Position>,
+}
+
+impl SqliteEventStore {
+    /// Open (creating if missing) the database a `sqlite://path` URL names and migrate it.
+    pub async fn open(database_url: &str) -> Result<SqliteEventStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(database_url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut writer).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let head = read_head(&pool).await?;
+        let (hint_sender, head_hint) = watch::channel(head);
+        let queue = spawn_writer(SqliteBatchSink { writer }, hint_sender);
+        Ok(SqliteEventStore {
+            pool,
+            queue,
+            head_hint,
+        })
+    }
+
+    /// The read pool (read-only connections).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError> {
+        submit(&self.queue, streams).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = ? AND stream_version > ? ORDER BY stream_version"
+        ))
+        .bind(stream_id)
+        .bind(to_i64(after_version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        read_head(&self.pool).await
+    }
+
+    fn head_hint(&self) -> watch::Receiver<Position> {
+        self.head_hint.clone()
+    }
+}
+
+const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, \
+     data, correlation_id, causation_id, partition_key, trace_context, occurred_at, recorded_at \
+     FROM zq_events";
+
+fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let stream_version: i64 = row.try_get("stream_version")?;
+    Ok(RecordedEvent {
+        position: Position(from_i64(position, position)?),
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: from_i64(stream_version, position)?,
+        event_type: row.try_get("event_type")?,
+        data: row.try_get("data")?,
+        metadata: EventMetadata {
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            partition_key: row.try_get("partition_key")?,
+            trace_context: row.try_get("trace_context")?,
+            occurred_at: row.try_get("occurred_at")?,
+        },
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+async fn read_head<'c, E>(executor: E) -> Result<Position, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM zq_events")
+        .fetch_one(executor)
+        .await?;
+    Ok(Position(from_i64(head, head)?))
+}
+
+struct SqliteBatchSink {
+    writer: SqliteConnection,
+}
+
+impl BatchSink for SqliteBatchSink {
+    async fn write_batch<'a>(
+        &'a mut self,
+        appends: &'a [&'a [StreamAppend]],
+    ) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
+        // IMMEDIATE takes the write lock now, so that no other process can write between our
+        // reads and our inserts.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let head = read_head(&mut *tx).await?;
+
+        let streams = appends.iter().flat_map(|a| a.iter());
+        let stream_ids: HashSet<&str> = streams.clone().map(|s| s.stream_id.as_str()).collect();
+        let event_ids: Vec<Uuid> = streams
+            .flat_map(|s| s.events.iter().map(|e| e.event_id))
+            .collect();
+        let versions = stream_versions(&mut tx, stream_ids).await?;
+        let stored = stored_events(&mut tx, &event_ids).await?;
+
+        let plan = plan_batch(appends, versions, stored, head);
+        for chunk in plan.rows.chunks(ROWS_PER_STATEMENT) {
+            insert_rows(&mut tx, chunk).await?;
+        }
+        tx.commit().await?;
+        Ok((plan.outcomes, plan.head))
+    }
+}
+
+async fn stream_versions(
+    tx: &mut Transaction<'_, Sqlite>,
+    stream_ids: HashSet<&str>,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut versions = HashMap::with_capacity(stream_ids.len());
+    for stream_id in stream_ids {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(stream_version) FROM zq_events WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if let Some(version) = version {
+            versions.insert(stream_id.to_string(), from_i64(version, -1)?);
+        }
+    }
+    Ok(versions)
+}
+
+async fn stored_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    event_ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredEventRef>, StoreError> {
+    let mut stored = HashMap::new();
+    for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT event_id, stream_id, stream_version, position FROM zq_events \
+             WHERE event_id IN (",
+        );
+        let mut list = query.separated(", ");
+        for event_id in chunk {
+            list.push_bind(*event_id);
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut **tx).await? {
+            let position: i64 = row.try_get("position")?;
+            let version: i64 = row.try_get("stream_version")?;
+            stored.insert(
+                row.try_get("event_id")?,
+                StoredEventRef {
+                    stream_id: row.try_get("stream_id")?,
+                    stream_version: from_i64(version, position)?,
+                    position: Position(from_i64(position, position)?),
+                },
+            );
+        }
+    }
+    Ok(stored)
+}
+
+async fn insert_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[PlannedRow<'_>],
+) -> Result<(), StoreError> {
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO zq_events (position, event_id, stream_id, stream_version, event_type, data, \
+         correlation_id, causation_id, partition_key, trace_context, occurred_at) ",
+    );
+    query.push_values(rows, |mut values, row| {
+        let event = row.event;
+        values
+            .push_bind(to_i64(row.position.0))
+            .push_bind(event.event_id)
+            .push_bind(row.stream_id)
+            .push_bind(to_i64(row.stream_version))
+            .push_bind(event.event_type.as_str())
+            .push_bind(event.data())
+            .push_bind(event.metadata.correlation_id)
+            .push_bind(event.metadata.causation_id)
+            .push_bind(event.metadata.partition_key.as_deref())
+            .push_bind(event.metadata.trace_context.as_deref())
+            .push_bind(event.metadata.occurred_at);
+    });
+    query.build().execute(&mut **tx).await?;
+    Ok(())
+}

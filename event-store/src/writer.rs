@@ -1,0 +1,148 @@
+//! The group-commit writer every backend runs.
+//!
+//! Appends are not written by the task that asks for them. They are queued to one writer task,
+//! which takes whatever is waiting (up to a bound), decides each append on its own
+//! ([`crate::plan`]) and writes them all in one transaction. Under load a transaction carries many
+//! appends, so the cost of a commit (and of the log-head lock that keeps positions dense and in
+//! commit order) is shared; with no load a batch is a single append and nothing waits for a timer.
+//!
+//! Backpressure: the queue is bounded, so callers wait (asynchronously) when the writer falls
+//! behind instead of piling up memory. Shutdown: when the last store handle is dropped the queue
+//! closes, the writer finishes what it has and stops.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug_span, warn};
+
+use crate::error::StoreError;
+use crate::event::{AppendResult, Position, StreamAppend};
+
+/// How many appends may wait for the writer.
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// At most this many events go into one transaction (an append is never split).
+const MAX_BATCH_EVENTS: usize = 5000;
+
+pub(crate) struct PendingAppend {
+    pub streams: Vec<StreamAppend>,
+    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// What a backend writes one batch with.
+pub(crate) trait BatchSink: Send + 'static {
+    /// Decide and write `appends` in one transaction. On `Ok`, the outcome of each append (in
+    /// order) and the log head after the commit; on `Err`, nothing was written.
+    fn write_batch<'a>(
+        &'a mut self,
+        appends: &'a [&'a [StreamAppend]],
+    ) -> impl Future<Output = Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError>>
+    + Send
+    + 'a;
+}
+
+pub(crate) fn spawn_writer(
+    sink: impl BatchSink,
+    head_hint: watch::Sender<Position>,
+) -> mpsc::Sender<PendingAppend> {
+    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    tokio::spawn(run_writer(sink, receiver, head_hint));
+    sender
+}
+
+async fn run_writer(
+    mut sink: impl BatchSink,
+    mut queue: mpsc::Receiver<PendingAppend>,
+    head_hint: watch::Sender<Position>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut events = event_count(&first);
+        let mut batch = vec![first];
+        while events < MAX_BATCH_EVENTS {
+            match queue.try_recv() {
+                Ok(next) => {
+                    events += event_count(&next);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let span = debug_span!("append_batch", appends = batch.len(), events);
+        write_and_answer(&mut sink, batch, &head_hint)
+            .instrument(span)
+            .await;
+    }
+}
+
+async fn write_and_answer(
+    sink: &mut impl BatchSink,
+    batch: Vec<PendingAppend>,
+    head_hint: &watch::Sender<Position>,
+) {
+    let appends: Vec<&[StreamAppend]> = batch.iter().map(|p| p.streams.as_slice()).collect();
+    match sink.write_batch(&appends).await {
+        Ok((outcomes, head)) => {
+            announce(head_hint, head);
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                // The caller may have given up waiting; its append stands all the same.
+                let _ = pending.reply.send(outcome);
+            }
+        }
+        Err(error) if batch.len() > 1 && !error.is_transient() => {
+            // Something in the batch broke the transaction in a way the planner did not foresee.
+            // Write each append alone, so that only the one at fault fails.
+            warn!(%error, appends = batch.len(), "batch failed; writing its appends one by one");
+            for pending in batch {
+                let alone = [pending.streams.as_slice()];
+                let outcome = match sink.write_batch(&alone).await {
+                    Ok((mut outcomes, head)) => {
+                        announce(head_hint, head);
+                        outcomes.pop().unwrap_or(Err(StoreError::Closed))
+                    }
+                    Err(error) => Err(error),
+                };
+                let _ = pending.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            warn!(%error, appends = batch.len(), "batch failed");
+            let message = error.to_string();
+            let mut batch = batch.into_iter();
+            if let Some(first) = batch.next() {
+                let _ = first.reply.send(Err(error));
+            }
+            for pending in batch {
+                let _ = pending.reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+}
+
+/// Tell readers of a newer head; an older or equal one changes nothing.
+pub(crate) fn announce(head_hint: &watch::Sender<Position>, head: Position) {
+    head_hint.send_if_modified(|known| {
+        if head > *known {
+            *known = head;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+fn event_count(pending: &PendingAppend) -> usize {
+    pending.streams.iter().map(|s| s.events.len()).sum()
+}
+
+/// Queue an append and wait for its answer: the part of `append_many` every backend shares.
+pub(crate) async fn submit(
+    queue: &mpsc::Sender<PendingAppend>,
+    streams: Vec<StreamAppend>,
+) -> Result<AppendResult, StoreError> {
+    crate::plan::validate(&streams)?;
+    let (reply, answer) = oneshot::channel();
+    queue
+        .send(PendingAppend { streams, reply })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    answer.await.map_err(|_| StoreError::Closed)?
+}

@@ -29,7 +29,10 @@ pub enum DomainError {
     InvalidCurrency { input: String, reason: &'static str },
     /// A part of the customer (`field` is `id`, `email` or `name`) that is not acceptable.
     #[error("invalid customer {field}: {reason}")]
-    InvalidCustomer { field: &'static str, reason: &'static str },
+    InvalidCustomer {
+        field: &'static str,
+        reason: &'static str,
+    },
     /// A show definition that breaks a scheduling rule.
     #[error("invalid show: {reason}")]
     InvalidShow { reason: String },
@@ -103,7 +106,10 @@ pub enum DomainError {
     RefundNotRequested { charge_id: String },
     /// A second, different refund for a charge already refunded.
     #[error("charge {charge_id:?} was already refunded by {refund_id:?}")]
-    RefundAlreadyRecorded { charge_id: String, refund_id: String },
+    RefundAlreadyRecorded {
+        charge_id: String,
+        refund_id: String,
+    },
 }
 
 /// How a caller should react to a [`DomainError`].

@@ -171,10 +171,7 @@ mod tests {
     #[test]
     fn parses_and_displays_canonical_seat_ids() {
         let seat: SeatId = "A-3-12".parse().unwrap();
-        assert_eq!(
-            (seat.section(), seat.row(), seat.number()),
-            ("A", 3, 12)
-        );
+        assert_eq!((seat.section(), seat.row(), seat.number()), ("A", 3, 12));
         assert_eq!(seat.to_string(), "A-3-12");
         assert_eq!(seat, SeatId::new("A", 3, 12).unwrap());
         assert!("Balcony2-1-1".parse::<SeatId>().is_ok());
@@ -183,12 +180,27 @@ mod tests {
 
     #[test]
     fn rejects_malformed_seat_ids_precisely() {
-        assert_eq!(reason("A-3"), "expected SECTION-ROW-NUMBER with exactly two hyphens");
-        assert_eq!(reason("A-3-1-2"), "expected SECTION-ROW-NUMBER with exactly two hyphens");
+        assert_eq!(
+            reason("A-3"),
+            "expected SECTION-ROW-NUMBER with exactly two hyphens"
+        );
+        assert_eq!(
+            reason("A-3-1-2"),
+            "expected SECTION-ROW-NUMBER with exactly two hyphens"
+        );
         assert_eq!(reason("-3-1"), "section must not be empty");
-        assert_eq!(reason("ABCDEFGHIJKLMNOPQ-1-1"), "section must be at most 16 characters");
-        assert_eq!(reason("A_B-1-1"), "section must contain only ASCII letters and digits");
-        assert_eq!(reason("Ä-1-1"), "section must contain only ASCII letters and digits");
+        assert_eq!(
+            reason("ABCDEFGHIJKLMNOPQ-1-1"),
+            "section must be at most 16 characters"
+        );
+        assert_eq!(
+            reason("A_B-1-1"),
+            "section must contain only ASCII letters and digits"
+        );
+        assert_eq!(
+            reason("Ä-1-1"),
+            "section must contain only ASCII letters and digits"
+        );
         assert_eq!(reason("A--1"), "row is missing");
         assert_eq!(reason("A-1-"), "seat number is missing");
         assert_eq!(reason("A-x-1"), "row must be a decimal number");
@@ -196,8 +208,14 @@ mod tests {
         assert_eq!(reason("A-1- 1"), "seat number must be a decimal number");
         assert_eq!(reason("A-0-1"), "row must be at least 1");
         assert_eq!(reason("A-1-0"), "seat number must be at least 1");
-        assert_eq!(reason("A-01-1"), "row and seat number must not have leading zeros");
-        assert_eq!(reason("A-4294967296-1"), "row and seat number must be at most 4294967295");
+        assert_eq!(
+            reason("A-01-1"),
+            "row and seat number must not have leading zeros"
+        );
+        assert_eq!(
+            reason("A-4294967296-1"),
+            "row and seat number must be at most 4294967295"
+        );
         assert!(SeatId::new("A", 0, 1).is_err());
         assert!(SeatId::new("A-B", 1, 1).is_err());
     }

@@ -114,9 +114,15 @@ fn plan_one<'a>(
     head: &mut Position,
     rows: &mut Vec<PlannedRow<'a>>,
 ) -> Result<AppendResult, StoreError> {
-    let events = || streams.iter().flat_map(|s| s.events.iter().map(move |e| (s, e)));
+    let events = || {
+        streams
+            .iter()
+            .flat_map(|s| s.events.iter().map(move |e| (s, e)))
+    };
     let total = events().count();
-    let known = events().filter(|(_, e)| stored.contains_key(&e.event_id)).count();
+    let known = events()
+        .filter(|(_, e)| stored.contains_key(&e.event_id))
+        .count();
     if known == total {
         return repeat_of_stored(streams, stored);
     }
@@ -274,7 +280,12 @@ mod tests {
         let events = vec![event(), event()];
         let first = append("a", ExpectedVersion::Any, events.clone());
         let again = append("a", ExpectedVersion::Exact(0), events);
-        let plan = plan_batch(&[&first, &again], HashMap::new(), HashMap::new(), Position(0));
+        let plan = plan_batch(
+            &[&first, &again],
+            HashMap::new(),
+            HashMap::new(),
+            Position(0),
+        );
         let original = plan.outcomes[0].as_ref().expect("first is written");
         let repeat = plan.outcomes[1].as_ref().expect("second is a repeat");
         assert!(repeat.was_repeat);
@@ -326,7 +337,14 @@ mod tests {
         assert!(validate(&[]).is_err());
         assert!(validate(&append("a", ExpectedVersion::Any, vec![])).is_err());
         let twice = event();
-        assert!(validate(&append("a", ExpectedVersion::Any, vec![twice.clone(), twice])).is_err());
+        assert!(
+            validate(&append(
+                "a",
+                ExpectedVersion::Any,
+                vec![twice.clone(), twice]
+            ))
+            .is_err()
+        );
         let mut both = append("a", ExpectedVersion::Any, vec![event()]);
         both.extend(append("a", ExpectedVersion::Any, vec![event()]));
         assert!(validate(&both).is_err());

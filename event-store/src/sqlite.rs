@@ -49,7 +49,7 @@ impl SqliteEventStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let mut writer = SqliteConnection::connect_with(&options).await?;
-        MIGRATOR.run(&mut writer).await?;
+        migrate(&mut writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -67,6 +67,23 @@ impl SqliteEventStore {
     /// The read pool (read-only connections).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// SQLite's migrator takes no lock, so two processes opening a new database at once can race:
+/// the loser's migration fails as a whole (each runs in a transaction with its bookkeeping) and
+/// succeeds on a retry, which finds it applied.
+async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run(&mut *connection).await {
+            Ok(()) => return Ok(()),
+            Err(_) if attempt < 5 => {
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

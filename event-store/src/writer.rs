@@ -111,7 +111,9 @@ async fn write_and_answer(
                 let _ = first.reply.send(Err(error));
             }
             for pending in batch {
-                let _ = pending.reply.send(Err(StoreError::Unavailable(message.clone())));
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::Unavailable(message.clone())));
             }
         }
     }

@@ -1,1 +1,58 @@
-//! placeholder
+//! # testkit
+//!
+//! Real servers for ZingQueue's tests, on machines without Docker. Depends on no crate of ours, so
+//! any crate can dev-depend on it.
+//!
+//! - [`postgres()`]: a fresh database on a throwaway Postgres (Debian's `postgresql`), one server
+//!   per test binary, started on first use on a free loopback port in a temporary folder (as the
+//!   `postgres` user when the tests run as root, since Postgres refuses root).
+//! - [`redis()`]: a throwaway `redis-server`, one per test binary, a database index per test.
+//! - [`kafka()`]: librdkafka's mock cluster, in-process on its own thread (its handle is not
+//!   `Send`), speaking the Kafka protocol on loopback; a new one per call.
+//!
+//! Where `ZQ_TEST_DATABASE_URL` / `ZQ_TEST_REDIS_URL` / `ZQ_TEST_KAFKA_BROKERS` are set, those
+//! servers are used instead (still a fresh database per test). With `ZQ_TEST_CONTAINERS=1` and the
+//! `containers` feature, Postgres and Redis come from testcontainers when a Docker engine answers.
+//!
+//! A server that cannot be had fails the test with what to install; nothing is skipped silently.
+//! Every server testkit starts is stopped when the test binary exits (an `atexit` hook), also when
+//! tests panic, and a guardian process stops it should the binary be killed outright. Each
+//! function logs (to stderr, shown for failing tests) which server the test got.
+//!
+//! Layout: `process` (starting, watching and stopping server processes), `postgres`, `redis`,
+//! `kafka`, `containers`.
+
+mod containers;
+mod error;
+mod kafka;
+mod postgres;
+mod process;
+mod redis;
+
+pub use error::TestkitError;
+pub use kafka::{KafkaBroker, try_kafka};
+pub use postgres::{PostgresDatabase, try_postgres};
+pub use redis::{RedisDatabase, try_redis};
+
+/// A fresh, empty database for this test. Panics with what to install when no Postgres can be had.
+pub fn postgres() -> PostgresDatabase {
+    try_postgres().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A Redis database for this test. Panics with what to install when no Redis can be had.
+pub fn redis() -> RedisDatabase {
+    try_redis().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A Kafka-protocol broker for this test. Panics when none can be had.
+pub fn kafka() -> KafkaBroker {
+    try_kafka().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// The name of the running test, for the log line that says which server it used.
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("(unnamed thread)")
+        .to_string()
+}

@@ -1,0 +1,443 @@
+//! The event store's contract, run against both backends on real databases (Postgres from
+//! testkit, SQLite in a temporary file).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Backend, TestDatabase, event, events, to};
+use event_store::{
+    EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, StoreError, Subscription,
+};
+use uuid::Uuid;
+
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    appends_get_dense_positions_and_stream_versions,
+    a_wrong_expected_version_is_a_conflict_naming_both_versions,
+    a_repeated_append_returns_the_original_positions,
+    a_partial_duplicate_is_an_error_and_writes_nothing,
+    append_many_is_all_or_nothing,
+    events_keep_their_data_and_metadata,
+    the_global_log_reads_in_batches,
+    concurrent_appends_with_one_expected_version_let_exactly_one_win,
+    a_subscription_catches_up_then_follows_live,
+    a_malformed_append_is_refused_before_it_reaches_the_database,
+    an_undecodable_event_names_itself,
+);
+
+async fn appends_get_dense_positions_and_stream_versions(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    assert_eq!(store.head().await.unwrap(), Position(0));
+
+    let first = store
+        .append(to("a", ExpectedVersion::NoStream, events(2)))
+        .await
+        .unwrap();
+    let second = store
+        .append(to("b", ExpectedVersion::NoStream, events(1)))
+        .await
+        .unwrap();
+    let third = store
+        .append(to("a", ExpectedVersion::Exact(2), events(3)))
+        .await
+        .unwrap();
+
+    assert_eq!(first.streams[0].positions, vec![Position(1), Position(2)]);
+    assert_eq!(first.streams[0].version, 2);
+    assert_eq!(second.streams[0].positions, vec![Position(3)]);
+    assert_eq!(
+        third.streams[0].positions,
+        vec![Position(4), Position(5), Position(6)]
+    );
+    assert_eq!(third.streams[0].version, 5);
+    assert!(!third.was_repeat);
+    assert_eq!(store.head().await.unwrap(), Position(6));
+
+    let stream_a = store.read_stream("a", 0).await.unwrap();
+    let versions: Vec<u64> = stream_a.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    let tail = store.read_stream("a", 3).await.unwrap();
+    assert_eq!(tail.len(), 2);
+    assert_eq!(tail[0].stream_version, 4);
+    assert!(store.read_stream("nothing", 0).await.unwrap().is_empty());
+}
+
+async fn a_wrong_expected_version_is_a_conflict_naming_both_versions(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    store
+        .append(to("s", ExpectedVersion::NoStream, events(2)))
+        .await
+        .unwrap();
+
+    match store
+        .append(to("s", ExpectedVersion::Exact(5), events(1)))
+        .await
+    {
+        Err(StoreError::Conflict {
+            stream_id,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(stream_id, "s");
+            assert_eq!(expected, ExpectedVersion::Exact(5));
+            assert_eq!(actual, 2);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match store
+        .append(to("s", ExpectedVersion::NoStream, events(1)))
+        .await
+    {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, 2),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match store
+        .append(to("new", ExpectedVersion::Exact(1), events(1)))
+        .await
+    {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, 0),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Nothing was written by the refused appends.
+    assert_eq!(store.head().await.unwrap(), Position(2));
+    // Any appends whatever the version.
+    store
+        .append(to("s", ExpectedVersion::Any, events(1)))
+        .await
+        .unwrap();
+    assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 3);
+}
+
+async fn a_repeated_append_returns_the_original_positions(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    store
+        .append(to("other", ExpectedVersion::Any, events(1)))
+        .await
+        .unwrap();
+    let batch = events(3);
+    let original = store
+        .append(to("s", ExpectedVersion::NoStream, batch.clone()))
+        .await
+        .unwrap();
+    store
+        .append(to("s", ExpectedVersion::Exact(3), events(1)))
+        .await
+        .unwrap();
+
+    // The same events again, with the expected version of the first time: a repeat, not a
+    // conflict, and nothing is written.
+    let repeat = store
+        .append(to("s", ExpectedVersion::NoStream, batch))
+        .await
+        .unwrap();
+    assert!(repeat.was_repeat);
+    assert_eq!(repeat.streams, original.streams);
+    assert_eq!(
+        original.streams[0].positions,
+        vec![Position(2), Position(3), Position(4)]
+    );
+    assert_eq!(store.head().await.unwrap(), Position(5));
+    assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 4);
+}
+
+async fn a_partial_duplicate_is_an_error_and_writes_nothing(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let stored = events(1);
+    store
+        .append(to("s", ExpectedVersion::Any, stored.clone()))
+        .await
+        .unwrap();
+    let mut mixed = stored.clone();
+    mixed.extend(events(1));
+    match store.append(to("s", ExpectedVersion::Any, mixed)).await {
+        Err(StoreError::DuplicateEvent { event_id, .. }) => {
+            assert_eq!(event_id, stored[0].event_id)
+        }
+        other => panic!("expected a duplicate error, got {other:?}"),
+    }
+    // The same id in another stream is not a repeat either.
+    match store.append(to("t", ExpectedVersion::Any, stored)).await {
+        Err(StoreError::DuplicateEvent { .. }) => {}
+        other => panic!("expected a duplicate error, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), Position(1));
+}
+
+async fn append_many_is_all_or_nothing(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    store
+        .append(to("show", ExpectedVersion::NoStream, events(1)))
+        .await
+        .unwrap();
+
+    // The show moved on (version 1), so the sale that expected version 0 must not land anywhere.
+    let stale = store
+        .append_many(vec![
+            to("show", ExpectedVersion::NoStream, events(1)),
+            to("booking", ExpectedVersion::Any, events(1)),
+        ])
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { ref stream_id, actual: 1, .. }) if stream_id == "show")
+    );
+    assert!(store.read_stream("booking", 0).await.unwrap().is_empty());
+
+    let sale = vec![
+        to("show", ExpectedVersion::Exact(1), events(1)),
+        to("booking", ExpectedVersion::Any, events(2)),
+    ];
+    let sold = store.append_many(sale.clone()).await.unwrap();
+    assert_eq!(sold.streams.len(), 2);
+    assert_eq!(sold.streams[0].stream_id, "show");
+    assert_eq!(sold.streams[0].positions, vec![Position(2)]);
+    assert_eq!(sold.streams[1].positions, vec![Position(3), Position(4)]);
+    assert_eq!(sold.last_position(), Position(4));
+
+    // A redelivered sale is a repeat across both streams, not a conflict.
+    let again = store.append_many(sale).await.unwrap();
+    assert!(again.was_repeat);
+    assert_eq!(again.streams, sold.streams);
+    assert_eq!(store.head().await.unwrap(), Position(4));
+}
+
+async fn events_keep_their_data_and_metadata(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let correlation_id = Uuid::now_v7();
+    let causation_id = Uuid::now_v7();
+    let occurred_at = Utc::now() - chrono::Duration::seconds(30);
+    // Unusual but valid JSON text, kept byte for byte.
+    let data = r#"{"seats": ["A-1-1", "A-1-2"],  "name": "Zoë \u00e9", "n": 1.50}"#;
+    let new = NewEvent::from_json_text(
+        Uuid::now_v7(),
+        "booking.requested.v1",
+        data,
+        EventMetadata {
+            correlation_id: Some(correlation_id),
+            causation_id: Some(causation_id),
+            partition_key: Some("show-1".into()),
+            trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            occurred_at,
+        },
+    )
+    .unwrap();
+    let before = Utc::now();
+    store
+        .append(to(
+            "booking-1",
+            ExpectedVersion::NoStream,
+            vec![new.clone()],
+        ))
+        .await
+        .unwrap();
+    let after = Utc::now();
+
+    let stored = &store.read_all(Position(0), 10).await.unwrap()[0];
+    assert_eq!(stored.event_id, new.event_id);
+    assert_eq!(stored.stream_id, "booking-1");
+    assert_eq!(stored.stream_version, 1);
+    assert_eq!(stored.position, Position(1));
+    assert_eq!(stored.event_type, "booking.requested.v1");
+    assert_eq!(stored.data, data);
+    assert_eq!(stored.metadata.correlation_id, Some(correlation_id));
+    assert_eq!(stored.metadata.causation_id, Some(causation_id));
+    assert_eq!(stored.metadata.partition_key.as_deref(), Some("show-1"));
+    assert_eq!(stored.metadata.trace_context, new.metadata.trace_context);
+    // Databases keep microseconds (Postgres) or milliseconds (SQLite's clock).
+    let drift = (stored.metadata.occurred_at - occurred_at)
+        .num_milliseconds()
+        .abs();
+    assert!(drift <= 1, "occurred_at changed by {drift} ms");
+    let slack = chrono::Duration::milliseconds(5);
+    assert!(
+        stored.recorded_at >= before - slack && stored.recorded_at <= after + slack,
+        "recorded_at {} is not the database's clock at commit ({before} .. {after})",
+        stored.recorded_at
+    );
+
+    let invalid = NewEvent::from_json_text(Uuid::now_v7(), "x.v1", "{not json", Default::default());
+    assert!(matches!(invalid, Err(StoreError::InvalidEvent { .. })));
+}
+
+async fn the_global_log_reads_in_batches(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    for stream in 0..50 {
+        store
+            .append(to(
+                &format!("s{stream}"),
+                ExpectedVersion::NoStream,
+                events(5),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut after = Position(0);
+    let mut seen = Vec::new();
+    loop {
+        let batch = store.read_all(after, 64).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 64);
+        after = batch.last().unwrap().position;
+        seen.extend(batch.into_iter().map(|e| e.position.0));
+    }
+    assert_eq!(seen, (1..=250).collect::<Vec<u64>>());
+}
+
+async fn concurrent_appends_with_one_expected_version_let_exactly_one_win(backend: Backend) {
+    // Several store instances: like several processes selling the same seats.
+    let db = TestDatabase::new(backend);
+    let stores: Vec<Arc<dyn EventStore>> =
+        futures::future::join_all((0..4).map(|_| db.open())).await;
+    stores[0]
+        .append(to("show", ExpectedVersion::NoStream, events(1)))
+        .await
+        .unwrap();
+    for round in 1..=10u64 {
+        let attempts = (0..16).map(|i| {
+            let store = stores[i % stores.len()].clone();
+            async move {
+                store
+                    .append(to("show", ExpectedVersion::Exact(round), events(1)))
+                    .await
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {won} appends won the same version");
+        for result in results.iter().filter(|r| r.is_err()) {
+            assert!(
+                matches!(result, Err(StoreError::Conflict { actual, .. }) if *actual == round + 1)
+            );
+        }
+    }
+    assert_eq!(stores[0].read_stream("show", 0).await.unwrap().len(), 11);
+}
+
+async fn a_subscription_catches_up_then_follows_live(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let writer = db.open().await;
+    let reader = db.open().await;
+    writer
+        .append(to("s", ExpectedVersion::NoStream, events(25)))
+        .await
+        .unwrap();
+
+    // The reader is another store instance: on Postgres it is woken by NOTIFY from the writer's
+    // commits; the long poll interval shows it does not depend on polling.
+    let poll = match backend {
+        Backend::Postgres => Duration::from_secs(30),
+        // SQLite has no cross-process notification: another instance polls.
+        Backend::Sqlite => Duration::from_millis(20),
+    };
+    let mut subscription = Subscription::new(reader, Position(0))
+        .with_batch_size(10)
+        .with_poll_interval(poll);
+    let mut seen = Vec::new();
+    while seen.len() < 25 {
+        let batch = subscription.next_batch().await.unwrap();
+        assert!(batch.len() <= 10);
+        seen.extend(batch.into_iter().map(|e| e.position.0));
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<u64>>());
+
+    let live = tokio::spawn(async move {
+        let mut live = Vec::new();
+        while live.len() < 5 {
+            let batch = subscription.next_batch().await.unwrap();
+            live.extend(batch.into_iter().map(|e| e.position.0));
+        }
+        live
+    });
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        writer
+            .append(to("s", ExpectedVersion::Any, events(1)))
+            .await
+            .unwrap();
+    }
+    let live = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .expect("live events arrive within 10 s")
+        .unwrap();
+    assert_eq!(live, vec![26, 27, 28, 29, 30]);
+}
+
+async fn a_malformed_append_is_refused_before_it_reaches_the_database(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    assert!(matches!(
+        store.append_many(vec![]).await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    assert!(matches!(
+        store.append(to("s", ExpectedVersion::Any, vec![])).await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    let twice = event("t.v1", serde_json::json!({}));
+    assert!(matches!(
+        store
+            .append(to("s", ExpectedVersion::Any, vec![twice.clone(), twice]))
+            .await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    assert_eq!(store.head().await.unwrap(), Position(0));
+}
+
+/// The caller's decoder fails; the error names the stored event.
+async fn an_undecodable_event_names_itself(backend: Backend) {
+    #[derive(Debug, thiserror::Error)]
+    #[error("unknown type {0}")]
+    struct UnknownType(String);
+
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    store
+        .append(to("s", ExpectedVersion::Any, events(1)))
+        .await
+        .unwrap();
+    let unknown = event("from.the.future.v9", serde_json::json!({"x": 1}));
+    store
+        .append(to("s", ExpectedVersion::Any, vec![unknown.clone()]))
+        .await
+        .unwrap();
+    let stored = store.read_all(Position(0), 10).await.unwrap();
+    let error = stored[1]
+        .decode(|event_type, _data| Err::<(), _>(UnknownType(event_type.to_string())))
+        .unwrap_err();
+    assert_eq!(error.event_id, unknown.event_id);
+    assert_eq!(error.position, Position(2));
+    assert_eq!(error.event_type, "from.the.future.v9");
+    let message = error.to_string();
+    assert!(message.contains(&unknown.event_id.to_string()) && message.contains("position 2"));
+}

@@ -1,0 +1,137 @@
+//! Starting, watching and stopping server processes.
+//!
+//! Servers live as long as the test binary: a registry of stop actions runs from an `atexit` hook
+//! (the test harness leaves through `exit`, also after failed tests). For a binary killed outright
+//! a guardian shell started next to each server waits for the test process to vanish and then
+//! runs the same stop command.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use crate::error::TestkitError;
+
+type StopAction = Box<dyn FnOnce() + Send>;
+
+static STOP_ACTIONS: Mutex<Vec<StopAction>> = Mutex::new(Vec::new());
+static REGISTER_HOOK: Once = Once::new();
+
+extern "C" fn run_stop_actions() {
+    let actions = match STOP_ACTIONS.lock() {
+        Ok(mut actions) => std::mem::take(&mut *actions),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for action in actions.into_iter().rev() {
+        action();
+    }
+}
+
+/// Run `stop` when the test binary exits; also start a guardian that runs `guardian_command` (a
+/// shell command) if this process dies without running its exit hooks.
+pub(crate) fn on_exit(stop: impl FnOnce() + Send + 'static, guardian_command: &str) {
+    REGISTER_HOOK.call_once(|| {
+        // SAFETY: registering a plain `extern "C" fn` with no arguments is what atexit expects.
+        unsafe {
+            libc::atexit(run_stop_actions);
+        }
+    });
+    match STOP_ACTIONS.lock() {
+        Ok(mut actions) => actions.push(Box::new(stop)),
+        Err(poisoned) => poisoned.into_inner().push(Box::new(stop)),
+    }
+    let watcher = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {guardian_command}",
+        pid = std::process::id()
+    );
+    // The guardian outlives us by design; its output goes nowhere.
+    let _ = Command::new("sh")
+        .args(["-c", &watcher])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// A port that was free a moment ago. Another process may take it before the server binds it;
+/// callers retry the start on a new port when that happens.
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Whether the tests run as root (Postgres then has to be started as the `postgres` user).
+pub(crate) fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Find `program` on PATH or in any of `extra_dirs` (newest-looking first).
+pub(crate) fn find_program(program: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(extra_dirs.iter().cloned())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Run a command to completion; a non-zero exit becomes an error carrying its output.
+pub(crate) fn run(command: &mut Command, what: &str) -> Result<String, String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("{what}: cannot run: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Wait until `ready` says yes, or fail after `deadline`.
+pub(crate) fn wait_until(
+    deadline: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), Duration> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(deadline)
+}
+
+/// Send a raw request to a TCP server and read the start of its answer.
+pub(crate) fn tcp_exchange(address: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(request)?;
+    let mut answer = vec![0; 64];
+    let read = stream.read(&mut answer)?;
+    answer.truncate(read);
+    Ok(answer)
+}
+
+/// The last lines of a server's log, for an error message.
+pub(crate) fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Quote a path for `sh -c`.
+pub(crate) fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}

@@ -1,1 +1,22 @@
-fn main() {}
+//! `zingqueue`: the one binary. Every subcommand takes the same configuration (flags with
+//! environment twins) and resolves where the data lives the same way (`infra::config`).
+//!
+//! Layout: `cli` (the clap definitions), `commands/` (one file per subcommand), `bench/` (the
+//! `bench` subcommands and the raw ceilings they are measured against).
+
+mod bench;
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    infra::telemetry::init();
+    match cli.command {
+        cli::Command::Up(args) => commands::up::run(&cli.global, args).await,
+        cli::Command::Migrate => commands::migrate::run(&cli.global).await,
+        cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
+    }
+}

@@ -6,7 +6,7 @@
 //! requested ──▶ held ──▶ paid ──▶ confirmed         (seat-lock sold the seats)
 //!    │           │ │       │          │
 //!    │           │ │       └─▶ failed (seats_lost, refund)
-//!    │           │ └─▶ failed (payment_declined | payment_exhausted)
+//!    │           │ └─▶ failed (payment_declined | payment_exhausted | seats_lost)
 //!    │           └─▶ expired ──(late payment)──▶ failed (seats_lost, refund)
 //!    └───────────┴── cancel from requested, held, paid (refund), confirmed (refund, seats released)
 //! ```
@@ -16,9 +16,10 @@
 //! - Hold expiry against payment: whichever of `PaymentSucceeded` and `HoldExpired` is recorded
 //!   first wins. `ExpireHold` on a paid booking yields nothing; a payment on an expired booking is
 //!   recorded, fails the booking (`seats_lost`) and is refunded.
-//! - Money is never lost track of: a payment that cannot pay for the booking (late, duplicate,
-//!   after a cancellation) is recorded and refunded in the same decision, and every refund is
-//!   tracked per charge until `booking.refunded.v1`.
+//! - Money is never lost track of: a payment is never refused for the booking's state; one that
+//!   cannot pay for the booking (late, duplicate, of another amount, before the hold, after the
+//!   end) is recorded and refunded in the same decision, and every refund is tracked per charge
+//!   until `booking.refunded.v1`.
 //! - Other commands on a finished booking (`rejected`, `expired`, `cancelled`, `failed`) are
 //!   refused with [`DomainError::AlreadyFinished`] (the API's 409; consumers skip them).
 
@@ -72,7 +73,8 @@ impl BookingStatus {
         }
     }
 
-    /// No further status change is possible (the API answers 409 to a cancel).
+    /// Ended without the seats: the API answers 409 to a cancel. The only status change left is
+    /// `expired` → `failed` when a late payment is recorded (and refunded).
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -718,27 +720,21 @@ impl Booking {
             charge_id: charge_id.clone(),
             amount,
         });
+        // Money taken is never refused (a refusal would leave it untracked): a charge that
+        // cannot pay for the booking is recorded and refunded in the same decision.
         match self.phase {
-            Phase::Held { .. } => {
-                if amount != self.amount {
-                    return Err(DomainError::PaymentAmountMismatch {
-                        expected: self.amount,
-                        charged: amount,
-                    });
-                }
-                Ok(vec![succeeded])
-            }
-            // Payment is started only for held seats, so a payment now is out of order.
-            Phase::Requested => Err(self.cannot("record a payment for")),
+            Phase::Held { .. } if amount == self.amount => Ok(vec![succeeded]),
             // The hold expired first: the payment lost the race, so the money goes back.
             Phase::Expired => Ok(vec![
                 succeeded,
                 self.failed(FailureReason::SeatsLost),
                 self.refund(&charge_id, amount),
             ]),
-            // A second charge, or money taken after the booking ended: record it and give it
-            // back, so that no money is ever taken without being kept or refunded.
-            Phase::Paid { .. }
+            // Not the booking's amount (the booking stays held), before the hold (payment only
+            // starts on held seats), a second charge, or money taken after the booking ended.
+            Phase::Held { .. }
+            | Phase::Requested
+            | Phase::Paid { .. }
             | Phase::Confirmed { .. }
             | Phase::Rejected
             | Phase::Cancelled { .. }
@@ -902,7 +898,8 @@ impl Booking {
                         refund: RefundProgress::NotRequested,
                     },
                 );
-                if matches!(self.phase, Phase::Held { .. }) {
+                // Only a charge of the booking's amount pays for it (others are refunded).
+                if matches!(self.phase, Phase::Held { .. }) && paid.amount == self.amount {
                     self.phase = Phase::Paid {
                         charge_id: paid.charge_id.clone(),
                     };

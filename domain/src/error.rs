@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::booking::BookingStatus;
 use crate::ids::{BookingId, ShowId};
-use crate::money::{Currency, Money};
+use crate::money::Currency;
 use crate::seat::SeatId;
 
 /// Why the domain refused a value or a command.
@@ -59,9 +59,6 @@ pub enum DomainError {
     CurrencyMismatch { expected: Currency, found: Currency },
     #[error("amount overflow")]
     AmountOverflow,
-    /// A payment whose amount is not the one fixed when the booking was requested.
-    #[error("payment of {charged} does not match the booking amount {expected}")]
-    PaymentAmountMismatch { expected: Money, charged: Money },
 
     // --- missing streams --------------------------------------------------------------------
     #[error("show not found")]
@@ -137,8 +134,7 @@ impl DomainError {
             | Self::DuplicateSeats { .. }
             | Self::UnknownSeats { .. }
             | Self::CurrencyMismatch { .. }
-            | Self::AmountOverflow
-            | Self::PaymentAmountMismatch { .. } => ErrorKind::Invalid,
+            | Self::AmountOverflow => ErrorKind::Invalid,
             Self::ShowNotFound | Self::BookingNotFound => ErrorKind::NotFound,
             Self::ShowAlreadyScheduled { .. }
             | Self::BookingAlreadyExists { .. }

@@ -383,3 +383,28 @@ impl EventEnvelope {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the table as versions are added: each old type is read by exactly one upcaster,
+    /// and no current type is upcast away.
+    #[test]
+    fn the_upcaster_table_is_sound() {
+        for (index, upcaster) in UPCASTERS.iter().enumerate() {
+            assert!(
+                !event_types::ALL.contains(&upcaster.from_type),
+                "{} is a current type",
+                upcaster.from_type
+            );
+            assert!(
+                UPCASTERS[..index]
+                    .iter()
+                    .all(|earlier| earlier.from_type != upcaster.from_type),
+                "{} has two upcasters",
+                upcaster.from_type
+            );
+        }
+    }
+}

@@ -457,7 +457,10 @@ pub fn evolve(state: ShowState, event: &ShowEvent) -> ShowState {
             starts_at: scheduled.starts_at,
             currency: scheduled.currency,
             sections: scheduled.sections.clone(),
-            seat_count: scheduled.sections.iter().map(Section::seat_count).sum(),
+            // Saturating: evolve is total, even for a hand-built event the decider would refuse.
+            seat_count: scheduled.sections.iter().fold(0, |count: u64, section| {
+                count.saturating_add(section.seat_count())
+            }),
             sold: BTreeMap::new(),
         }),
         (Some(mut show), ShowEvent::SeatsSold(sold)) => {

@@ -154,6 +154,132 @@ fn the_json_shapes_are_the_contract() {
     );
 }
 
+/// The field names of every stored type: a rename would still round-trip, so only a pinned list
+/// notices that old data no longer decodes.
+#[test]
+fn every_type_keeps_its_field_names() {
+    let expected: &[(&str, &[&str])] = &[
+        (
+            "show.scheduled.v1",
+            &["currency", "name", "sections", "show_id", "starts_at"],
+        ),
+        ("show.seats_sold.v1", &["booking_id", "seats", "show_id"]),
+        (
+            "show.seats_released.v1",
+            &["booking_id", "reason", "seats", "show_id"],
+        ),
+        (
+            "booking.requested.v1",
+            &[
+                "amount",
+                "booking_id",
+                "customer",
+                "payment_method",
+                "requested_at",
+                "seats",
+                "show_id",
+            ],
+        ),
+        (
+            "booking.seats_held.v1",
+            &["amount", "booking_id", "expires_at", "seats", "show_id"],
+        ),
+        ("booking.rejected.v1", &["booking_id", "show_id", "taken"]),
+        (
+            "booking.hold_expired.v1",
+            &["booking_id", "expires_at", "seats", "show_id"],
+        ),
+        (
+            "booking.payment_succeeded.v1",
+            &["amount", "booking_id", "charge_id", "show_id"],
+        ),
+        (
+            "booking.payment_failed.v1",
+            &["booking_id", "detail", "reason", "show_id"],
+        ),
+        ("booking.confirmed.v1", &["booking_id", "seats", "show_id"]),
+        ("booking.failed.v1", &["booking_id", "reason", "show_id"]),
+        (
+            "booking.cancelled.v1",
+            &["booking_id", "by", "previous_status", "seats", "show_id"],
+        ),
+        (
+            "booking.refund_requested.v1",
+            &["amount", "booking_id", "charge_id", "show_id"],
+        ),
+        (
+            "booking.refunded.v1",
+            &["amount", "booking_id", "charge_id", "refund_id", "show_id"],
+        ),
+        (
+            "booking.email_sent.v1",
+            &["about_event_id", "booking_id", "message_id", "show_id"],
+        ),
+    ];
+    let actual: Vec<(&str, Vec<String>)> = one_of_each()
+        .iter()
+        .map(|event| {
+            let mut keys: Vec<String> = event
+                .to_json()
+                .as_object()
+                .expect("an object")
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            (event.event_type(), keys)
+        })
+        .collect();
+    let expected: Vec<(&str, Vec<String>)> = expected
+        .iter()
+        .map(|(event_type, keys)| (*event_type, keys.iter().map(|k| k.to_string()).collect()))
+        .collect();
+    assert_eq!(actual, expected);
+}
+
+#[test]
+fn every_enum_value_keeps_its_spelling() {
+    let spell = |value: Value| value.as_str().expect("a string").to_owned();
+    let spellings = [
+        spell(json!(ReleaseReason::Cancelled)),
+        spell(json!(ReleaseReason::Refunded)),
+        spell(json!(FailureReason::PaymentDeclined)),
+        spell(json!(FailureReason::PaymentExhausted)),
+        spell(json!(FailureReason::SeatsLost)),
+        spell(json!(PaymentFailureReason::Declined)),
+        spell(json!(PaymentFailureReason::Exhausted)),
+        spell(json!(CancelledBy::Holder)),
+        spell(json!(CancelledBy::Admin)),
+    ];
+    assert_eq!(
+        spellings,
+        [
+            "cancelled",
+            "refunded",
+            "payment_declined",
+            "payment_exhausted",
+            "seats_lost",
+            "declined",
+            "exhausted",
+            "holder",
+            "admin",
+        ]
+    );
+    // Statuses travel in `booking.cancelled.v1` and are the API's `status` values.
+    for status in [
+        BookingStatus::Requested,
+        BookingStatus::Held,
+        BookingStatus::Paid,
+        BookingStatus::Confirmed,
+        BookingStatus::Rejected,
+        BookingStatus::Expired,
+        BookingStatus::Cancelled,
+        BookingStatus::Failed,
+    ] {
+        assert_eq!(spell(json!(status)), status.as_str());
+    }
+}
+
 #[test]
 fn fields_added_by_a_newer_writer_are_ignored() {
     let mut data = DomainEvent::from(confirmed()).to_json();

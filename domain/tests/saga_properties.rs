@@ -17,7 +17,7 @@ use domain::booking::{CancelledBy, PaymentFailureReason, RefundProgress, Request
 use domain::show::{ReleaseReason, ShowCommand};
 use domain::{
     Booking, BookingCommand, BookingEvent, BookingId, BookingState, BookingStatus, DomainError,
-    DomainEvent, SeatId, ShowEvent, ShowState, booking, show,
+    DomainEvent, Money, SeatId, ShowEvent, ShowState, booking, show,
 };
 use proptest::prelude::*;
 use support::*;
@@ -33,6 +33,8 @@ enum PaymentOutcome {
     Succeeded,
     /// A gateway that charged twice under another charge id.
     SucceededAgain,
+    /// A gateway that charged another amount than the booking's (a bug upstream).
+    WrongAmount,
     Declined,
     Exhausted,
 }
@@ -210,17 +212,18 @@ impl World {
         }
         let amount = booking.amount();
         let command = match outcome {
-            PaymentOutcome::Succeeded | PaymentOutcome::SucceededAgain => {
-                let suffix = if matches!(outcome, PaymentOutcome::SucceededAgain) {
-                    format!("-again-{}", booking.charges().len())
-                } else {
-                    String::new()
-                };
-                BookingCommand::RecordPayment {
-                    charge_id: format!("ch-{index}{suffix}"),
-                    amount,
-                }
-            }
+            PaymentOutcome::Succeeded => BookingCommand::RecordPayment {
+                charge_id: format!("ch-{index}"),
+                amount,
+            },
+            PaymentOutcome::SucceededAgain => BookingCommand::RecordPayment {
+                charge_id: format!("ch-{index}-again-{}", booking.charges().len()),
+                amount,
+            },
+            PaymentOutcome::WrongAmount => BookingCommand::RecordPayment {
+                charge_id: format!("ch-{index}-wrong-{}", booking.charges().len()),
+                amount: Money::new(amount.amount_minor + 1, amount.currency),
+            },
             PaymentOutcome::Declined => BookingCommand::RecordPaymentFailure {
                 reason: PaymentFailureReason::Declined,
                 detail: "declined".into(),
@@ -487,6 +490,7 @@ fn step() -> impl Strategy<Value = Step> {
     let outcome = prop_oneof![
         6 => Just(PaymentOutcome::Succeeded),
         1 => Just(PaymentOutcome::SucceededAgain),
+        1 => Just(PaymentOutcome::WrongAmount),
         2 => Just(PaymentOutcome::Declined),
         1 => Just(PaymentOutcome::Exhausted),
     ];

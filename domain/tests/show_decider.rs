@@ -334,3 +334,30 @@ fn pricing_refuses_empty_oversized_duplicate_and_unknown_selections() {
         "unknown seats: A-3-1, Z-1-1"
     );
 }
+
+// --- evolve -----------------------------------------------------------------------------------
+
+#[test]
+fn evolve_takes_events_the_decider_would_never_produce_without_panicking() {
+    // Evolve is total: a hand-built or foreign event must not crash a projection or a service.
+    let mut huge = show_scheduled();
+    huge.sections = vec![
+        section("A", u32::MAX, u32::MAX, 1),
+        section("B", u32::MAX, u32::MAX, 1),
+    ];
+    let show = ShowDecider::fold(&[ShowEvent::Scheduled(huge)]).expect("scheduled");
+    assert_eq!(show.seat_count(), u64::MAX);
+
+    // A release naming a seat the booking does not own leaves its owner alone.
+    let show = ShowDecider::fold(&[
+        scheduled(),
+        sold(1, &["A-1-1"]),
+        sold(2, &["A-1-2"]),
+        released(1, &["A-1-1", "A-1-2"], ReleaseReason::Cancelled),
+    ])
+    .expect("scheduled");
+    assert_eq!(show.owner_of(&seat("A-1-1")), None);
+    assert_eq!(show.owner_of(&seat("A-1-2")), Some(booking_id(2)));
+    // Seat events before the schedule change nothing.
+    assert_eq!(ShowDecider::fold(&[sold(1, &["A-1-1"])]), None);
+}

@@ -1,0 +1,94 @@
+//! The command line. Every flag has an environment twin (`ZQ_…`) and help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zingqueue",
+    version,
+    about = "Event-sourced seat booking for flash sales",
+    long_about = "Event-sourced seat booking for flash sales.\n\nWith no configuration ZingQueue \
+                  runs embedded: a SQLite event store in the data folder. Set ZQ_DATABASE_URL to \
+                  use Postgres."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Folder for the embedded default's data (SQLite event store, later mail and tokens).
+    #[arg(long, env = "ZQ_DATA_DIR", default_value = infra::config::DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
+
+    /// Event store database: postgres://… or sqlite://…; empty for the embedded SQLite store in
+    /// the data folder.
+    #[arg(long, env = "ZQ_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run ZingQueue in one process (today: open the event store and report it).
+    Up(UpArgs),
+    /// Create or update the event store's schema, then exit.
+    Migrate,
+    /// Measure ZingQueue beside the raw ceiling of the same machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Open the store, report, and exit instead of running until interrupted (for scripts).
+    #[arg(long, env = "ZQ_UP_ONCE")]
+    pub once: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Event store appends and global-log reads on Postgres and SQLite, beside pgbench, psql's
+    /// \copy and raw SQLite inserts and reads measured in the same run.
+    Store(StoreBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreBenchArgs {
+    /// Postgres to measure on (an empty database you can write to). Without it the Postgres
+    /// figures are skipped.
+    #[arg(long, env = "ZQ_BENCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Seconds each append measurement runs.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+
+    /// Events in the log for the read measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub read_events: u64,
+
+    /// Concurrent writers for one-event appends.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub writers: Vec<usize>,
+
+    /// Concurrent writers for 100-event appends.
+    #[arg(long, default_value_t = 16)]
+    pub batch_writers: usize,
+
+    /// Skip the SQLite figures.
+    #[arg(long)]
+    pub skip_sqlite: bool,
+
+    /// Folder for the SQLite databases (default: a temporary folder).
+    #[arg(long)]
+    pub sqlite_dir: Option<PathBuf>,
+}

@@ -1,9 +1,10 @@
 //! The Postgres backend.
 //!
-//! One writer task per store (see [`crate::writer`]) writes each batch in one transaction:
-//! lock the log head row, load the versions of the batch's streams and whichever of its event ids
-//! are stored already, plan, insert every accepted row with one `unnest` insert, move the head and
-//! `NOTIFY zq_events` with it, commit. Other processes appending to the same database take the
+//! One writer task per store (see [`crate::writer`]) writes each batch in one transaction of four
+//! round trips: begin and lock the log head row; read the head, the versions of the batch's
+//! streams and whichever of its event ids are stored already; plan, then insert every accepted
+//! row with one `unnest` insert that also moves the head and `NOTIFY`s `zq_events` with it;
+//! commit. Other processes appending to the same database take the
 //! same row lock, so positions stay dense and in commit order across processes too.
 //!
 //! Readers are woken by `LISTEN zq_events` (a task per store keeps a listener connection and
@@ -177,13 +178,13 @@ impl BatchSink for PgBatchSink {
         &'a mut self,
         appends: &'a [&'a [StreamAppend]],
     ) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The lock that keeps positions dense and in commit order; held until commit.
-        let head: i64 = sqlx::query_scalar("SELECT position FROM zq_log_head FOR UPDATE")
-            .fetch_one(&mut *tx)
+        // One round trip opens the transaction and takes the lock that keeps positions dense and
+        // in commit order; it is held until commit. The reads that follow run after the lock is
+        // granted, so (under READ COMMITTED) they see every append committed before ours.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SELECT 1 FROM zq_log_head FOR UPDATE")
             .await?;
-        let head = Position(from_i64(head, head)?);
-
         let streams = appends.iter().flat_map(|a| a.iter());
         let stream_ids: Vec<&str> = streams
             .clone()
@@ -194,8 +195,7 @@ impl BatchSink for PgBatchSink {
         let event_ids: Vec<Uuid> = streams
             .flat_map(|s| s.events.iter().map(|e| e.event_id))
             .collect();
-        let versions = stream_versions(&mut tx, &stream_ids).await?;
-        let stored = stored_events(&mut tx, &event_ids).await?;
+        let (head, versions, stored) = read_batch_state(&mut tx, &stream_ids, &event_ids).await?;
 
         let plan = plan_batch(appends, versions, stored, head);
         if !plan.rows.is_empty() {
@@ -206,54 +206,72 @@ impl BatchSink for PgBatchSink {
     }
 }
 
-async fn stream_versions(
+type BatchState = (Position, HashMap<String, u64>, HashMap<Uuid, StoredEventRef>);
+
+/// The log head, the newest version of each stream the batch names, and whichever of its event
+/// ids are stored already, in one round trip. Every lookup is an index probe per key (the
+/// `LIMIT 1` laterals keep the planner from turning them into scans of the whole log).
+async fn read_batch_state(
     tx: &mut Transaction<'_, Postgres>,
     stream_ids: &[&str],
-) -> Result<HashMap<String, u64>, StoreError> {
-    // One index probe per stream (the newest version), however long the stream is.
+    event_ids: &[Uuid],
+) -> Result<BatchState, StoreError> {
     let rows = sqlx::query(
-        "SELECT s.stream_id, (SELECT e.stream_version FROM zq_events e \
-           WHERE e.stream_id = s.stream_id ORDER BY e.stream_version DESC LIMIT 1) AS version \
-         FROM unnest($1::text[]) AS s(stream_id)",
+        "SELECT 'head' AS kind, NULL::uuid AS event_id, NULL::text AS stream_id,
+                NULL::bigint AS stream_version, position
+           FROM zq_log_head
+         UNION ALL
+         SELECT 'stream', NULL, s.stream_id, v.stream_version, NULL
+           FROM unnest($1::text[]) AS s(stream_id)
+           CROSS JOIN LATERAL (
+               SELECT e.stream_version FROM zq_events e
+                WHERE e.stream_id = s.stream_id
+                ORDER BY e.stream_version DESC LIMIT 1) AS v
+         UNION ALL
+         SELECT 'event', e.event_id, e.stream_id, e.stream_version, e.position
+           FROM unnest($2::uuid[]) AS i(event_id)
+           CROSS JOIN LATERAL (
+               SELECT e.event_id, e.stream_id, e.stream_version, e.position FROM zq_events e
+                WHERE e.event_id = i.event_id LIMIT 1) AS e",
     )
     .bind(stream_ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut versions = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let version: Option<i64> = row.try_get("version")?;
-        if let Some(version) = version {
-            versions.insert(row.try_get("stream_id")?, from_i64(version, -1)?);
-        }
-    }
-    Ok(versions)
-}
-
-async fn stored_events(
-    tx: &mut Transaction<'_, Postgres>,
-    event_ids: &[Uuid],
-) -> Result<HashMap<Uuid, StoredEventRef>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT event_id, stream_id, stream_version, position FROM zq_events \
-         WHERE event_id = ANY($1)",
-    )
     .bind(event_ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut stored = HashMap::with_capacity(rows.len());
+
+    let mut head = None;
+    let mut versions = HashMap::new();
+    let mut stored = HashMap::new();
     for row in rows {
-        let position: i64 = row.try_get("position")?;
-        let version: i64 = row.try_get("stream_version")?;
-        stored.insert(
-            row.try_get("event_id")?,
-            StoredEventRef {
-                stream_id: row.try_get("stream_id")?,
-                stream_version: from_i64(version, position)?,
-                position: Position(from_i64(position, position)?),
-            },
-        );
+        let kind: &str = row.try_get("kind")?;
+        match kind {
+            "head" => {
+                let position: i64 = row.try_get("position")?;
+                head = Some(Position(from_i64(position, position)?));
+            }
+            "stream" => {
+                let version: i64 = row.try_get("stream_version")?;
+                versions.insert(row.try_get("stream_id")?, from_i64(version, -1)?);
+            }
+            _ => {
+                let position: i64 = row.try_get("position")?;
+                let version: i64 = row.try_get("stream_version")?;
+                stored.insert(
+                    row.try_get("event_id")?,
+                    StoredEventRef {
+                        stream_id: row.try_get("stream_id")?,
+                        stream_version: from_i64(version, position)?,
+                        position: Position(from_i64(position, position)?),
+                    },
+                );
+            }
+        }
     }
-    Ok(stored)
+    let head = head.ok_or_else(|| StoreError::Corrupt {
+        position: -1,
+        reason: "zq_log_head has no row".into(),
+    })?;
+    Ok((head, versions, stored))
 }
 
 async fn insert_rows(

@@ -206,7 +206,11 @@ impl BatchSink for PgBatchSink {
     }
 }
 
-type BatchState = (Position, HashMap<String, u64>, HashMap<Uuid, StoredEventRef>);
+type BatchState = (
+    Position,
+    HashMap<String, u64>,
+    HashMap<Uuid, StoredEventRef>,
+);
 
 /// The log head, the newest version of each stream the batch names, and whichever of its event
 /// ids are stored already, in one round trip. Every lookup is an index probe per key (the

@@ -85,7 +85,10 @@ mod tests {
         let location =
             StoreLocation::resolve(Some("postgres://u:p@db/zq"), Path::new("/nonexistent"))
                 .unwrap();
-        assert_eq!(location, StoreLocation::Configured("postgres://u:p@db/zq".into()));
+        assert_eq!(
+            location,
+            StoreLocation::Configured("postgres://u:p@db/zq".into())
+        );
         assert_eq!(location.display_url(), "postgres://u:***@db/zq");
     }
 

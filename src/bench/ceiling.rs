@@ -111,12 +111,24 @@ pub fn psql_copy_rows_per_second(url: &str, rows: u64) -> anyhow::Result<f64> {
                 recorded_at FROM zq_events ORDER BY position) TO '/dev/null'";
     let started = Instant::now();
     let output = Command::new("psql")
-        .args(["--no-psqlrc", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", copy])
+        .args([
+            "--no-psqlrc",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            copy,
+        ])
         .output()
         .context("running psql (Debian package postgresql-client)")?;
     let elapsed = started.elapsed();
     if !output.status.success() {
-        bail!("psql \\copy failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "psql \\copy failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(rows as f64 / elapsed.as_secs_f64())
 }

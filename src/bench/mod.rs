@@ -23,7 +23,7 @@ impl Figure {
         sorted.sort_by(f64::total_cmp);
         match sorted.len() {
             0 => f64::NAN,
-            n if n % 2 == 1 => sorted[n / 2],
+            n if !n.is_multiple_of(2) => sorted[n / 2],
             n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
         }
     }
@@ -42,7 +42,7 @@ pub fn rate(per_second: f64) -> String {
     let digits = whole.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);

@@ -197,7 +197,10 @@ async fn sqlite(args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<Vec<Compari
     let mut raw = Vec::new();
     for _ in 0..args.runs {
         let (rows, per_second) = RawSqlite::read_rows_per_second(&store_path).await?;
-        anyhow::ensure!(rows == events, "raw read saw {rows} rows, the log has {events}");
+        anyhow::ensure!(
+            rows == events,
+            "raw read saw {rows} rows, the log has {events}"
+        );
         raw.push(per_second);
     }
     comparisons.push(Comparison {

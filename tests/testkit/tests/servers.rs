@@ -1,0 +1,177 @@
+//! testkit starts real servers, gives each test its own database, and stops everything when the
+//! test binary ends, also when a test panics.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// `psql -tA -c sql` against a URL.
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args([
+            "--no-psqlrc",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[test]
+fn each_test_gets_a_fresh_postgres_database() {
+    let first = testkit::postgres();
+    let second = testkit::postgres();
+    assert_ne!(first.name, second.name);
+    assert_eq!(
+        psql(&first.url, "SELECT current_database()").unwrap(),
+        first.name
+    );
+    psql(
+        &first.url,
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
+    // The second database does not see the first one's table.
+    assert!(psql(&second.url, "SELECT * FROM t").is_err());
+    let version = psql(&first.url, "SHOW server_version_num").unwrap();
+    assert!(
+        version.parse::<u32>().unwrap() >= 130000,
+        "Postgres {version}"
+    );
+}
+
+#[test]
+fn redis_answers_ping() {
+    use std::io::{Read, Write};
+    let redis = testkit::redis();
+    let address = redis
+        .url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"PING\r\n").unwrap();
+    let mut answer = [0u8; 7];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"+PONG\r\n");
+}
+
+#[test]
+fn the_mock_kafka_cluster_stores_and_serves_records() {
+    let kafka = testkit::kafka();
+    assert!(kafka.is_mock());
+    kafka.create_topic("zq.test", 3).unwrap();
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to("zq.test")
+                .key("show-1")
+                .payload("hello")
+                .partition(2),
+        )
+        .map_err(|(error, _)| error)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", "testkit")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset("zq.test", 2, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record within 20 s"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            assert_eq!(message.key(), Some(&b"show-1"[..]));
+            assert_eq!(message.payload(), Some(&b"hello"[..]));
+            assert_eq!(message.partition(), 2);
+            break;
+        }
+    }
+    let metadata = consumer
+        .fetch_metadata(Some("zq.test"), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), 3);
+}
+
+/// Run as a child of `servers_are_stopped_when_a_test_panics` (it sets ZQ_TESTKIT_CHILD): start
+/// both servers, say where they are, and panic. Run on its own, there is nothing to do.
+#[test]
+fn child_starts_servers_then_panics() {
+    if std::env::var_os("ZQ_TESTKIT_CHILD").is_none() {
+        return;
+    }
+    let postgres = testkit::postgres();
+    let redis = testkit::redis();
+    println!("CHILD_POSTGRES={}", postgres.url);
+    println!("CHILD_REDIS={}", redis.url);
+    panic!("this test panics on purpose");
+}
+
+#[test]
+fn servers_are_stopped_when_a_test_panics() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_starts_servers_then_panics", "--nocapture"])
+        .env("ZQ_TESTKIT_CHILD", "1")
+        .env_remove("ZQ_TEST_DATABASE_URL")
+        .env_remove("ZQ_TEST_REDIS_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "the child test should fail");
+    let address = |prefix: &str| {
+        let url = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("child did not report {prefix}: {stdout}"));
+        let host = url
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .trim_start_matches("redis://");
+        host.split('/').next().unwrap().to_string()
+    };
+    let postgres = address("CHILD_POSTGRES=");
+    let redis = address("CHILD_REDIS=");
+    for server in [postgres, redis] {
+        // The exit hook has run by the time the child is gone: nothing listens any more.
+        assert!(
+            TcpStream::connect_timeout(&server.parse().unwrap(), Duration::from_secs(1)).is_err(),
+            "{server} is still listening after the test binary exited"
+        );
+    }
+}

@@ -24,7 +24,8 @@
 //! - [`store`]: the `EventStore` trait.
 //! - `plan`: deciding a batch of appends (versions, repeats, positions); pure, shared by backends.
 //! - [`writer`]: the group-commit writer task every backend runs.
-//! - [`postgres`], [`sqlite`]: the backends, with their embedded migrations.
+//! - [`postgres`], [`sqlite`]: the backends, with their embedded migrations; `row`: the stored
+//!   row both read.
 //! - [`subscription`]: following the global log.
 //! - [`open`]: pick a backend from a database URL.
 
@@ -32,6 +33,7 @@ pub mod error;
 pub mod event;
 mod plan;
 pub mod postgres;
+mod row;
 pub mod sqlite;
 pub mod store;
 pub mod subscription;

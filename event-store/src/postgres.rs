@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -23,8 +23,9 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::event::{AppendResult, EventMetadata, Position, RecordedEvent, StreamAppend};
+use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::plan::{StoredEventRef, plan_batch};
+use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
 use crate::writer::{BatchSink, PendingAppend, announce, spawn_writer, submit};
 
@@ -89,14 +90,14 @@ impl EventStore for PostgresEventStore {
         stream_id: &str,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, EventRow>(&format!(
             "{SELECT_EVENTS} WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
         ))
         .bind(stream_id)
         .bind(to_i64(after_version))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(recorded_event).collect()
+        recorded_events(rows)
     }
 
     async fn read_all(
@@ -104,14 +105,14 @@ impl EventStore for PostgresEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, EventRow>(&format!(
             "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
         ))
         .bind(to_i64(after.0))
         .bind(to_i64(limit as u64))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(recorded_event).collect()
+        recorded_events(rows)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
@@ -127,46 +128,11 @@ const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_versio
      data::text AS data, correlation_id, causation_id, partition_key, trace_context, occurred_at, \
      recorded_at FROM zq_events";
 
-fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.try_get("position")?;
-    let stream_version: i64 = row.try_get("stream_version")?;
-    Ok(RecordedEvent {
-        position: Position(from_i64(position, position)?),
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: from_i64(stream_version, position)?,
-        event_type: row.try_get("event_type")?,
-        data: row.try_get("data")?,
-        metadata: EventMetadata {
-            correlation_id: row.try_get("correlation_id")?,
-            causation_id: row.try_get("causation_id")?,
-            partition_key: row.try_get("partition_key")?,
-            trace_context: row.try_get("trace_context")?,
-            occurred_at: row.try_get("occurred_at")?,
-        },
-        recorded_at: row.try_get("recorded_at")?,
-    })
-}
-
 async fn read_head(pool: &PgPool) -> Result<Position, StoreError> {
     let head: i64 = sqlx::query_scalar("SELECT position FROM zq_log_head")
         .fetch_one(pool)
         .await?;
     Ok(Position(from_i64(head, head)?))
-}
-
-/// Positions and versions are `bigint` in the database and never negative.
-pub(crate) fn from_i64(value: i64, position: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt {
-        position,
-        reason: format!("negative number {value}"),
-    })
-}
-
-/// Positions, versions and limits stay far below `i64::MAX`; saturate rather than wrap if a
-/// caller passes something absurd.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 struct PgBatchSink {

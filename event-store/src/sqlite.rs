@@ -16,16 +16,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::event::{AppendResult, EventMetadata, Position, RecordedEvent, StreamAppend};
+use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
-use crate::postgres::{from_i64, to_i64};
+use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
 use crate::writer::{BatchSink, PendingAppend, spawn_writer, submit};
 
@@ -98,14 +98,14 @@ impl EventStore for SqliteEventStore {
         stream_id: &str,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, EventRow>(&format!(
             "{SELECT_EVENTS} WHERE stream_id = ? AND stream_version > ? ORDER BY stream_version"
         ))
         .bind(stream_id)
         .bind(to_i64(after_version))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(recorded_event).collect()
+        recorded_events(rows)
     }
 
     async fn read_all(
@@ -113,14 +113,14 @@ impl EventStore for SqliteEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, EventRow>(&format!(
             "{SELECT_EVENTS} WHERE position > ? ORDER BY position LIMIT ?"
         ))
         .bind(to_i64(after.0))
         .bind(to_i64(limit as u64))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(recorded_event).collect()
+        recorded_events(rows)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
@@ -135,27 +135,6 @@ impl EventStore for SqliteEventStore {
 const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, \
      data, correlation_id, causation_id, partition_key, trace_context, occurred_at, recorded_at \
      FROM zq_events";
-
-fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.try_get("position")?;
-    let stream_version: i64 = row.try_get("stream_version")?;
-    Ok(RecordedEvent {
-        position: Position(from_i64(position, position)?),
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: from_i64(stream_version, position)?,
-        event_type: row.try_get("event_type")?,
-        data: row.try_get("data")?,
-        metadata: EventMetadata {
-            correlation_id: row.try_get("correlation_id")?,
-            causation_id: row.try_get("causation_id")?,
-            partition_key: row.try_get("partition_key")?,
-            trace_context: row.try_get("trace_context")?,
-            occurred_at: row.try_get("occurred_at")?,
-        },
-        recorded_at: row.try_get("recorded_at")?,
-    })
-}
 
 async fn read_head<'c, E>(executor: E) -> Result<Position, StoreError>
 where

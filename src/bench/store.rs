@@ -75,24 +75,13 @@ async fn postgres(
 
     for &writers in &args.writers {
         let (ours, latency) = repeat_appends(&store, args, writers, 1, "postgres").await?;
-        let mut raw = Vec::new();
-        for _ in 0..args.runs {
-            let url = url.to_string();
-            let scratch = scratch.to_path_buf();
-            let seconds = args.seconds;
-            raw.push(
-                tokio::task::spawn_blocking(move || {
-                    ceiling::pgbench_rows_per_second(&url, writers, seconds, 1, &scratch)
-                })
-                .await??,
-            );
-        }
+        let raw = pgbench_runs(url, args, writers, 1, scratch).await?;
         comparisons.push(Comparison {
             backend: "postgres",
             what: format!("one-event appends, {writers} concurrent writers (appends/s)"),
             ours,
             ceiling_name: "pgbench",
-            ceiling: Figure::new(raw),
+            ceiling: raw,
             target: (writers == 64).then_some(0.8),
             latency: Some(latency),
         });
@@ -100,24 +89,13 @@ async fn postgres(
 
     let writers = args.batch_writers;
     let (ours, latency) = repeat_appends(&store, args, writers, 100, "postgres").await?;
-    let mut raw = Vec::new();
-    for _ in 0..args.runs {
-        let url = url.to_string();
-        let scratch = scratch.to_path_buf();
-        let seconds = args.seconds;
-        raw.push(
-            tokio::task::spawn_blocking(move || {
-                ceiling::pgbench_rows_per_second(&url, writers, seconds, 100, &scratch)
-            })
-            .await??,
-        );
-    }
+    let raw = pgbench_runs(url, args, writers, 100, scratch).await?;
     comparisons.push(Comparison {
         backend: "postgres",
         what: format!("100-event appends, {writers} concurrent writers (events/s)"),
         ours,
         ceiling_name: "pgbench",
-        ceiling: Figure::new(raw),
+        ceiling: raw,
         target: Some(0.8),
         latency: Some(latency),
     });
@@ -144,6 +122,33 @@ async fn postgres(
     Ok(comparisons)
 }
 
+/// `args.runs` pgbench measurements (pgbench blocks, so each runs off the async workers).
+async fn pgbench_runs(
+    url: &str,
+    args: &StoreBenchArgs,
+    clients: usize,
+    rows_per_transaction: u32,
+    scratch: &Path,
+) -> anyhow::Result<Figure> {
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        let (url, scratch, seconds) = (url.to_string(), scratch.to_path_buf(), args.seconds);
+        runs.push(
+            tokio::task::spawn_blocking(move || {
+                ceiling::pgbench_rows_per_second(
+                    &url,
+                    clients,
+                    seconds,
+                    rows_per_transaction,
+                    &scratch,
+                )
+            })
+            .await??,
+        );
+    }
+    Ok(Figure::new(runs))
+}
+
 async fn sqlite(args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<Vec<Comparison>> {
     let store_path = dir.join("bench-store.db");
     let raw_path = dir.join("bench-raw.db");
@@ -157,7 +162,7 @@ async fn sqlite(args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<Vec<Compari
             .await
             .context("opening the SQLite event store")?,
     );
-    let mut raw_sqlite = RawSqlite::open(&raw_path).await?;
+    let mut raw_sqlite = RawSqlite::open(&raw_path, &store_path).await?;
     let mut comparisons = Vec::new();
 
     let mut shapes: Vec<(usize, usize)> = args.writers.iter().map(|&w| (w, 1)).collect();

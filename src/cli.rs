@@ -65,24 +65,24 @@ pub struct StoreBenchArgs {
     pub postgres_url: Option<String>,
 
     /// Seconds each append measurement runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
 
     /// How many times each figure is measured; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
 
     /// Events in the log for the read measurement.
     #[arg(long, default_value_t = 1_000_000)]
     pub read_events: u64,
 
     /// Concurrent writers for one-event appends.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    pub writers: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u16).range(1..))]
+    pub writers: Vec<u16>,
 
     /// Concurrent writers for 100-event appends.
-    #[arg(long, default_value_t = 16)]
-    pub batch_writers: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_writers: u16,
 
     /// Skip the SQLite figures.
     #[arg(long)]

@@ -47,25 +47,43 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
 
     /// The database URL names no backend this store has.
-    #[error("unsupported database URL {0:?}: expected postgres://… or sqlite://…")]
+    #[error("unsupported database URL {0:?}: expected postgres://… or sqlite://<file>")]
     UnsupportedUrl(String),
 }
 
 impl StoreError {
-    /// True for errors worth retrying as they are (the database went away, a pool timed out).
+    /// True for errors worth retrying as they are: the database went away or is busy, a pool
+    /// timed out. Not for errors an append causes itself (conflicts, bad data, constraints).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Database(error) => matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            ),
             StoreError::Unavailable(_) => true,
+            StoreError::Database(error) => match error {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(error) => {
+                    error.code().is_some_and(|code| transient_code(&code))
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
+}
+
+/// Postgres SQLSTATEs of a lost or refused connection, a server shutting down or a serialization
+/// failure; SQLite's BUSY and LOCKED (and their extended codes).
+fn transient_code(code: &str) -> bool {
+    if let Ok(sqlite_code) = code.parse::<u32>() {
+        return matches!(sqlite_code & 0xff, 5 | 6);
+    }
+    code.starts_with("08") // connection exception
+        || code.starts_with("57P") // operator intervention: admin/crash shutdown
+        || code == "53300" // too many connections
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock detected
 }
 
 /// A stored event that does not decode into the caller's types. `source` says why (for the domain:

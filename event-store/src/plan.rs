@@ -51,8 +51,11 @@ pub(crate) fn validate(streams: &[StreamAppend]) -> Result<(), StoreError> {
     let mut stream_ids = HashSet::new();
     let mut event_ids = HashSet::new();
     for stream in streams {
-        if stream.stream_id.is_empty() {
-            return Err(StoreError::InvalidAppend("empty stream id".into()));
+        if stream.stream_id.is_empty() || stream.stream_id.contains('\0') {
+            return Err(StoreError::InvalidAppend(format!(
+                "stream id {:?} is empty or holds a NUL character",
+                stream.stream_id
+            )));
         }
         if !stream_ids.insert(stream.stream_id.as_str()) {
             return Err(StoreError::InvalidAppend(format!(
@@ -73,13 +76,37 @@ pub(crate) fn validate(streams: &[StreamAppend]) -> Result<(), StoreError> {
                     event.event_id
                 )));
             }
-            if event.event_type.is_empty() {
-                return Err(StoreError::InvalidEvent {
-                    event_id: event.event_id,
-                    reason: "empty event type".into(),
-                });
-            }
+            check_storable(event)?;
         }
+    }
+    Ok(())
+}
+
+/// What both databases can store: no NUL characters in text columns (Postgres refuses them) and
+/// an occurrence time within years 1 to 9999 (Postgres's range is narrower than chrono's). A bad
+/// event is refused here, alone, instead of failing the transaction of its batch-mates.
+fn check_storable(event: &NewEvent) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidEvent {
+        event_id: event.event_id,
+        reason,
+    };
+    if event.event_type.is_empty() {
+        return Err(invalid("empty event type".into()));
+    }
+    let metadata = &event.metadata;
+    let texts = [
+        ("event type", Some(event.event_type.as_str())),
+        ("partition key", metadata.partition_key.as_deref()),
+        ("trace context", metadata.trace_context.as_deref()),
+    ];
+    for (what, text) in texts {
+        if text.is_some_and(|text| text.contains('\0')) {
+            return Err(invalid(format!("the {what} holds a NUL character")));
+        }
+    }
+    let year = chrono::Datelike::year(&metadata.occurred_at);
+    if !(1..=9999).contains(&year) {
+        return Err(invalid(format!("occurred_at is in year {year}")));
     }
     Ok(())
 }
@@ -345,6 +372,13 @@ mod tests {
             ))
             .is_err()
         );
+        let mut nul_type = event();
+        nul_type.event_type = "bad\0type".into();
+        assert!(validate(&append("a", ExpectedVersion::Any, vec![nul_type])).is_err());
+        let mut ancient = event();
+        ancient.metadata.occurred_at = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+        assert!(validate(&append("a", ExpectedVersion::Any, vec![ancient])).is_err());
+        assert!(validate(&append("a\0", ExpectedVersion::Any, vec![event()])).is_err());
         let mut both = append("a", ExpectedVersion::Any, vec![event()]);
         both.extend(append("a", ExpectedVersion::Any, vec![event()]));
         assert!(validate(&both).is_err());

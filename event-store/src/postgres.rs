@@ -11,13 +11,15 @@
 //! reconnects when it drops) and by the store's own commits.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -27,7 +29,7 @@ use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::plan::{StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
-use crate::writer::{BatchSink, PendingAppend, announce, spawn_writer, submit};
+use crate::writer::{BatchSink, Writer, announce};
 
 /// The channel the store notifies with the new head after each commit.
 const NOTIFY_CHANNEL: &str = "zq_events";
@@ -36,7 +38,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PostgresEventStore {
     pool: PgPool,
-    queue: mpsc::Sender<PendingAppend>,
+    writer: Writer,
     head_hint: watch::Receiver<Position>,
     listener: JoinHandle<()>,
 }
@@ -52,16 +54,22 @@ impl PostgresEventStore {
         PostgresEventStore::with_pool(pool).await
     }
 
-    /// Use an existing pool (the caller sizes it), migrating the schema first.
+    /// Use an existing pool (the caller sizes it) for reads, migrating the schema first. The
+    /// writer and the LISTEN task keep a connection each of their own, so that busy readers never
+    /// hold up appends.
     pub async fn with_pool(pool: PgPool) -> Result<PostgresEventStore, StoreError> {
         MIGRATOR.run(&pool).await?;
         let head = read_head(&pool).await?;
         let (hint_sender, head_hint) = watch::channel(head);
         let listener = tokio::spawn(listen_for_appends(pool.clone(), hint_sender.clone()));
-        let queue = spawn_writer(PgBatchSink { pool: pool.clone() }, hint_sender);
+        let sink = PgBatchSink {
+            options: pool.connect_options(),
+            connection: None,
+        };
+        let writer = Writer::spawn(sink, hint_sender);
         Ok(PostgresEventStore {
             pool,
-            queue,
+            writer,
             head_hint,
             listener,
         })
@@ -82,7 +90,11 @@ impl Drop for PostgresEventStore {
 #[async_trait]
 impl EventStore for PostgresEventStore {
     async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError> {
-        submit(&self.queue, streams).await
+        self.writer.submit(streams).await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
     }
 
     async fn read_stream(
@@ -135,8 +147,12 @@ async fn read_head(pool: &PgPool) -> Result<Position, StoreError> {
     Ok(Position(from_i64(head, head)?))
 }
 
+/// The writer's side of the store: a connection of its own, opened on first use and dropped after
+/// any failure, so that a connection left in an unknown state (an aborted transaction, a broken
+/// socket) is never used again.
 struct PgBatchSink {
-    pool: PgPool,
+    options: Arc<PgConnectOptions>,
+    connection: Option<PgConnection>,
 }
 
 impl BatchSink for PgBatchSink {
@@ -144,32 +160,48 @@ impl BatchSink for PgBatchSink {
         &'a mut self,
         appends: &'a [&'a [StreamAppend]],
     ) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
-        // One round trip opens the transaction and takes the lock that keeps positions dense and
-        // in commit order; it is held until commit. The reads that follow run after the lock is
-        // granted, so (under READ COMMITTED) they see every append committed before ours.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SELECT 1 FROM zq_log_head FOR UPDATE")
-            .await?;
-        let streams = appends.iter().flat_map(|a| a.iter());
-        let stream_ids: Vec<&str> = streams
-            .clone()
-            .map(|s| s.stream_id.as_str())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let event_ids: Vec<Uuid> = streams
-            .flat_map(|s| s.events.iter().map(|e| e.event_id))
-            .collect();
-        let (head, versions, stored) = read_batch_state(&mut tx, &stream_ids, &event_ids).await?;
-
-        let plan = plan_batch(appends, versions, stored, head);
-        if !plan.rows.is_empty() {
-            insert_rows(&mut tx, &plan.rows, plan.head).await?;
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => PgConnection::connect_with(&self.options).await?,
+        };
+        let outcome = write_batch_on(&mut connection, appends).await;
+        if outcome.is_ok() {
+            self.connection = Some(connection);
         }
-        tx.commit().await?;
-        Ok((plan.outcomes, plan.head))
+        outcome
     }
+}
+
+async fn write_batch_on<'a>(
+    connection: &mut PgConnection,
+    appends: &'a [&'a [StreamAppend]],
+) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
+    // One round trip opens the transaction and takes the lock that keeps positions dense and
+    // in commit order; it is held until commit. The reads that follow are statements of
+    // their own, so under READ COMMITTED (asked for explicitly, whatever the database's
+    // default) their snapshot is taken after the lock is granted and sees every append
+    // committed before ours. Folding the lock into the reads would make them stale.
+    let mut tx = connection
+        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM zq_log_head FOR UPDATE")
+        .await?;
+    let streams = appends.iter().flat_map(|a| a.iter());
+    let stream_ids: Vec<&str> = streams
+        .clone()
+        .map(|s| s.stream_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let event_ids: Vec<Uuid> = streams
+        .flat_map(|s| s.events.iter().map(|e| e.event_id))
+        .collect();
+    let (head, versions, stored) = read_batch_state(&mut tx, &stream_ids, &event_ids).await?;
+
+    let plan = plan_batch(appends, versions, stored, head);
+    if !plan.rows.is_empty() {
+        insert_rows(&mut tx, &plan.rows, plan.head).await?;
+    }
+    tx.commit().await?;
+    Ok((plan.outcomes, plan.head))
 }
 
 type BatchState = (

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -27,7 +27,7 @@ use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
-use crate::writer::{BatchSink, PendingAppend, spawn_writer, submit};
+use crate::writer::{BatchSink, Writer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -36,13 +36,18 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct SqliteEventStore {
     pool: SqlitePool,
-    queue: mpsc::Sender<PendingAppend>,
+    writer: Writer,
     head_hint: watch::Receiver<Position>,
 }
 
 impl SqliteEventStore {
     /// Open (creating if missing) the database a `sqlite://path` URL names and migrate it.
     pub async fn open(database_url: &str) -> Result<SqliteEventStore, StoreError> {
+        // The writer and the readers are separate connections: an in-memory database would give
+        // each its own, empty one.
+        if database_url.contains(":memory:") || database_url.contains("mode=memory") {
+            return Err(StoreError::UnsupportedUrl(database_url.to_string()));
+        }
         let options = SqliteConnectOptions::from_str(database_url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -56,10 +61,10 @@ impl SqliteEventStore {
             .await?;
         let head = read_head(&pool).await?;
         let (hint_sender, head_hint) = watch::channel(head);
-        let queue = spawn_writer(SqliteBatchSink { writer }, hint_sender);
+        let writer = Writer::spawn(SqliteBatchSink { writer }, hint_sender);
         Ok(SqliteEventStore {
             pool,
-            queue,
+            writer,
             head_hint,
         })
     }
@@ -90,7 +95,11 @@ async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError> {
-        submit(&self.queue, streams).await
+        self.writer.submit(streams).await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
     }
 
     async fn read_stream(

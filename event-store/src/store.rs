@@ -21,8 +21,18 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`StoreError::DuplicateEvent`].
     ///
     /// Concurrent appends are gathered into one transaction (group commit); each is still decided
-    /// on its own, so a failing append never fails the others.
+    /// on its own, so an append refused for its own reasons (a conflict, a duplicate, a database
+    /// error only it causes) never fails the others. When the database itself is unavailable,
+    /// every waiting append gets [`StoreError::Unavailable`] (transient: retry).
+    ///
+    /// Dropping the returned future does not cancel an append that has been queued: it may still
+    /// be written. A caller that gave up retries with the same event ids and gets the original
+    /// positions back.
     async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError>;
+
+    /// Refuse new appends ([`StoreError::Closed`]), finish writing those already queued, and
+    /// return once they are durable: the store's part of a graceful shutdown. Reads still work.
+    async fn close(&self);
 
     /// The events of one stream with a version above `after_version` (0 = from the start).
     async fn read_stream(

@@ -64,9 +64,12 @@ impl Subscription {
                 self.after = last.position;
                 return Ok(batch);
             }
-            // Either a newer head is announced, or the poll interval passes: read again.
-            // An error means the store was dropped; the next read will say so.
-            let _ = tokio::time::timeout(self.poll_interval, hint.changed()).await;
+            // Either a newer head is announced, or the poll interval passes: read again. If the
+            // hint's sender is gone (the store's writer stopped), poll at the interval.
+            match tokio::time::timeout(self.poll_interval, hint.changed()).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(_)) => tokio::time::sleep(self.poll_interval).await,
+            }
         }
     }
 }

@@ -7,25 +7,33 @@
 //! commit order) is shared; with no load a batch is a single append and nothing waits for a timer.
 //!
 //! Backpressure: the queue is bounded, so callers wait (asynchronously) when the writer falls
-//! behind instead of piling up memory. Shutdown: when the last store handle is dropped the queue
-//! closes, the writer finishes what it has and stops.
+//! behind instead of piling up memory.
+//!
+//! Cancellation: an append that has joined the queue is written even if its caller stops waiting;
+//! a caller that gave up retries with the same event ids and gets the original positions back.
+//!
+//! Shutdown: [`Writer::close`] closes the queue (later appends get [`StoreError::Closed`]), lets
+//! the writer write every append already queued, and returns when it has. Dropping the store
+//! without closing it ends the writer the same way once the runtime lets it run.
 
 use std::future::Future;
+use std::sync::Mutex;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, debug_span, warn};
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, StreamAppend};
 
 /// How many appends may wait for the writer.
-pub(crate) const QUEUE_CAPACITY: usize = 4096;
+const QUEUE_CAPACITY: usize = 4096;
 /// At most this many events go into one transaction (an append is never split).
 const MAX_BATCH_EVENTS: usize = 5000;
 
-pub(crate) struct PendingAppend {
-    pub streams: Vec<StreamAppend>,
-    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+struct PendingAppend {
+    streams: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
 /// What a backend writes one batch with.
@@ -40,21 +48,75 @@ pub(crate) trait BatchSink: Send + 'static {
     + 'a;
 }
 
-pub(crate) fn spawn_writer(
-    sink: impl BatchSink,
-    head_hint: watch::Sender<Position>,
-) -> mpsc::Sender<PendingAppend> {
-    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    tokio::spawn(run_writer(sink, receiver, head_hint));
-    sender
+/// A store's handle on its writer task.
+pub(crate) struct Writer {
+    queue: mpsc::Sender<PendingAppend>,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(sink: impl BatchSink, head_hint: watch::Sender<Position>) -> Writer {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let (close, closed) = oneshot::channel();
+        let task = tokio::spawn(run_writer(sink, receiver, closed, head_hint));
+        Writer {
+            queue,
+            close: Mutex::new(Some(close)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queue an append and wait for its answer: the part of `append_many` every backend shares.
+    pub(crate) async fn submit(
+        &self,
+        streams: Vec<StreamAppend>,
+    ) -> Result<AppendResult, StoreError> {
+        crate::plan::validate(&streams)?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(PendingAppend { streams, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Refuse new appends, write the queued ones, and return once the writer has stopped.
+    pub(crate) async fn close(&self) {
+        let signal = match self.close.lock() {
+            Ok(mut close) => close.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(signal) = signal {
+            let _ = signal.send(());
+        }
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
 }
 
 async fn run_writer(
     mut sink: impl BatchSink,
     mut queue: mpsc::Receiver<PendingAppend>,
+    mut closed: oneshot::Receiver<()>,
     head_hint: watch::Sender<Position>,
 ) {
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = tokio::select! {
+            // Prefer writing what is queued; close only when the queue is idle or closed.
+            biased;
+            next = queue.recv() => match next {
+                Some(first) => first,
+                None => break,
+            },
+            _ = &mut closed, if !queue.is_closed() => {
+                // No new appends from now on; the loop drains what is buffered, then `recv`
+                // answers `None`.
+                queue.close();
+                continue;
+            }
+        };
         let mut events = event_count(&first);
         let mut batch = vec![first];
         while events < MAX_BATCH_EVENTS {
@@ -88,24 +150,37 @@ async fn write_and_answer(
             }
         }
         Err(error) if batch.len() > 1 && !error.is_transient() => {
-            // Something in the batch broke the transaction in a way the planner did not foresee.
-            // Write each append alone, so that only the one at fault fails.
+            // Something in the batch broke the transaction in a way the planner could not
+            // foresee (a trigger, a constraint added by hand). Write each append alone, so that
+            // only the one at fault fails; if the database itself goes away meanwhile, answer
+            // the rest at once instead of waiting on it once per append.
             warn!(%error, appends = batch.len(), "batch failed; writing its appends one by one");
+            let mut unavailable: Option<String> = None;
             for pending in batch {
-                let alone = [pending.streams.as_slice()];
-                let outcome = match sink.write_batch(&alone).await {
-                    Ok((mut outcomes, head)) => {
-                        announce(head_hint, head);
-                        outcomes.pop().unwrap_or(Err(StoreError::Closed))
+                let outcome = match &unavailable {
+                    Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+                    None => {
+                        let alone = [pending.streams.as_slice()];
+                        match sink.write_batch(&alone).await {
+                            Ok((mut outcomes, head)) => {
+                                announce(head_hint, head);
+                                outcomes.pop().unwrap_or(Err(StoreError::Closed))
+                            }
+                            Err(error) => {
+                                if error.is_transient() {
+                                    unavailable = Some(error.to_string());
+                                }
+                                Err(error)
+                            }
+                        }
                     }
-                    Err(error) => Err(error),
                 };
                 let _ = pending.reply.send(outcome);
             }
         }
         Err(error) => {
             warn!(%error, appends = batch.len(), "batch failed");
-            let message = error.to_string();
+            let reason = error.to_string();
             let mut batch = batch.into_iter();
             if let Some(first) = batch.next() {
                 let _ = first.reply.send(Err(error));
@@ -113,7 +188,7 @@ async fn write_and_answer(
             for pending in batch {
                 let _ = pending
                     .reply
-                    .send(Err(StoreError::Unavailable(message.clone())));
+                    .send(Err(StoreError::Unavailable(reason.clone())));
             }
         }
     }
@@ -133,18 +208,4 @@ pub(crate) fn announce(head_hint: &watch::Sender<Position>, head: Position) {
 
 fn event_count(pending: &PendingAppend) -> usize {
     pending.streams.iter().map(|s| s.events.len()).sum()
-}
-
-/// Queue an append and wait for its answer: the part of `append_many` every backend shares.
-pub(crate) async fn submit(
-    queue: &mpsc::Sender<PendingAppend>,
-    streams: Vec<StreamAppend>,
-) -> Result<AppendResult, StoreError> {
-    crate::plan::validate(&streams)?;
-    let (reply, answer) = oneshot::channel();
-    queue
-        .send(PendingAppend { streams, reply })
-        .await
-        .map_err(|_| StoreError::Closed)?;
-    answer.await.map_err(|_| StoreError::Closed)?
 }

@@ -46,6 +46,8 @@ on_both_backends!(
     a_subscription_catches_up_then_follows_live,
     a_malformed_append_is_refused_before_it_reaches_the_database,
     an_undecodable_event_names_itself,
+    a_subscription_polls_when_no_wake_up_comes,
+    close_writes_what_is_queued_and_refuses_the_rest,
 );
 
 async fn appends_get_dense_positions_and_stream_versions(backend: Backend) {
@@ -347,22 +349,20 @@ async fn concurrent_appends_with_one_expected_version_let_exactly_one_win(backen
 async fn a_subscription_catches_up_then_follows_live(backend: Backend) {
     let db = TestDatabase::new(backend);
     let writer = db.open().await;
-    let reader = db.open().await;
+    // On Postgres the reader is another store instance, woken by NOTIFY from the writer's
+    // commits; on SQLite the same instance, woken in-process by its writer. The poll interval is
+    // far longer than the test's deadline, so neither depends on polling.
+    let reader = match backend {
+        Backend::Postgres => db.open().await,
+        Backend::Sqlite => writer.clone(),
+    };
     writer
         .append(to("s", ExpectedVersion::NoStream, events(25)))
         .await
         .unwrap();
-
-    // The reader is another store instance: on Postgres it is woken by NOTIFY from the writer's
-    // commits; the long poll interval shows it does not depend on polling.
-    let poll = match backend {
-        Backend::Postgres => Duration::from_secs(30),
-        // SQLite has no cross-process notification: another instance polls.
-        Backend::Sqlite => Duration::from_millis(20),
-    };
     let mut subscription = Subscription::new(reader, Position(0))
         .with_batch_size(10)
-        .with_poll_interval(poll);
+        .with_poll_interval(Duration::from_secs(30));
     let mut seen = Vec::new();
     while seen.len() < 25 {
         let batch = subscription.next_batch().await.unwrap();
@@ -440,4 +440,82 @@ async fn an_undecodable_event_names_itself(backend: Backend) {
     assert_eq!(error.event_type, "from.the.future.v9");
     let message = error.to_string();
     assert!(message.contains(&unknown.event_id.to_string()) && message.contains("position 2"));
+}
+
+/// Another process appended and no wake-up reached us (a lost NOTIFY on Postgres, another process
+/// on SQLite): the rows are written behind the store's back, and polling still finds them.
+async fn a_subscription_polls_when_no_wake_up_comes(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let mut subscription = Subscription::new(store.clone(), Position(0))
+        .with_poll_interval(Duration::from_millis(100));
+    let follower = tokio::spawn(async move { subscription.next_batch().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let event_id = Uuid::now_v7();
+    let (insert, move_head) = match backend {
+        Backend::Postgres => (
+            format!(
+                "INSERT INTO zq_events (position, event_id, stream_id, stream_version, event_type, \
+                 data, occurred_at, recorded_at) VALUES (1, '{event_id}', 's', 1, 'test.v1', \
+                 '{{}}', now(), now())"
+            ),
+            "; UPDATE zq_log_head SET position = 1",
+        ),
+        Backend::Sqlite => (
+            format!(
+                "INSERT INTO zq_events (position, event_id, stream_id, stream_version, event_type, \
+                 data, occurred_at) VALUES (1, X'{}', 's', 1, 'test.v1', '{{}}', \
+                 '2026-01-01T00:00:00Z')",
+                event_id.simple()
+            ),
+            "",
+        ),
+    };
+    db.execute(&format!("{insert}{move_head}")).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("polling finds the event within 10 s")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].event_id, event_id);
+}
+
+async fn close_writes_what_is_queued_and_refuses_the_rest(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let appends: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(to(&format!("s{i}"), ExpectedVersion::NoStream, events(2)))
+                    .await
+            })
+        })
+        .collect();
+    // Let the appends reach the queue, then close while some are still waiting in it.
+    tokio::task::yield_now().await;
+    store.close().await;
+    let mut written = 0;
+    for append in appends {
+        match append.await.unwrap() {
+            Ok(_) => written += 2,
+            Err(StoreError::Closed) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    // Whatever was accepted is in the log, with nothing half-written.
+    let reopened = db.open().await;
+    assert_eq!(reopened.head().await.unwrap(), Position(written));
+    assert!(matches!(
+        store
+            .append(to("late", ExpectedVersion::Any, events(1)))
+            .await,
+        Err(StoreError::Closed)
+    ));
+    // Reads still work on a closed store.
+    assert_eq!(
+        store.read_all(Position(0), 1000).await.unwrap().len() as u64,
+        written
+    );
 }

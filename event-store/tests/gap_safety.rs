@@ -61,6 +61,57 @@ async fn sqlite_subscriber_sees_every_committed_event_once_in_order() {
     }
 }
 
+/// A poisoned append breaks the transaction of its whole batch; the writer then writes each
+/// append alone, so that it alone fails and its batch-mates commit, positions still dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_poisoned_append_fails_alone_in_its_batch() {
+    poisoned_append_fails_alone(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_poisoned_append_fails_alone_in_its_batch() {
+    poisoned_append_fails_alone(Backend::Sqlite).await;
+}
+
+async fn poisoned_append_fails_alone(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    db.execute(match backend {
+        Backend::Postgres => POSTGRES_TRIGGER,
+        Backend::Sqlite => SQLITE_TRIGGER,
+    })
+    .await;
+    // Many appends at once on one store, so that they share batches; every tenth is poisoned.
+    let results = futures::future::join_all((0..200).map(|i| {
+        let store = store.clone();
+        async move {
+            let event_type = if i % 10 == 9 {
+                "test.poison.v1"
+            } else {
+                "test.happened.v1"
+            };
+            let append = to(
+                &format!("s{i}"),
+                ExpectedVersion::NoStream,
+                vec![event(event_type, serde_json::json!({ "i": i }))],
+            );
+            (i, store.append(append).await)
+        }
+    }))
+    .await;
+    let mut positions = Vec::new();
+    for (i, result) in results {
+        match result {
+            Ok(written) if i % 10 != 9 => positions.push(written.streams[0].positions[0].0),
+            Err(StoreError::Database(_)) if i % 10 == 9 => {}
+            other => panic!("append {i}: {other:?}"),
+        }
+    }
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=180).collect::<Vec<u64>>());
+    assert_eq!(store.head().await.unwrap(), Position(180));
+}
+
 fn runs() -> usize {
     std::env::var("ZQ_GAP_RUNS")
         .ok()
@@ -93,9 +144,20 @@ async fn one_run(backend: Backend, run: usize) {
         }
     });
 
+    // Half the writers have a store each (like separate processes), half share one (so their
+    // appends meet in group-commit batches that a poisoned append breaks).
+    let shared = db.open().await;
     let writers = futures::future::join_all((0..WRITERS).map(|writer| {
         let db = &db;
-        async move { write(db.open().await, writer).await }
+        let shared = shared.clone();
+        async move {
+            let store = if writer % 2 == 0 {
+                db.open().await
+            } else {
+                shared
+            };
+            write(store, writer).await
+        }
     }))
     .await;
     let mut committed = HashSet::new();

@@ -73,7 +73,7 @@ async fn postgres(
     ceiling::prepare_postgres(url).await?;
     let mut comparisons = Vec::new();
 
-    for &writers in &args.writers {
+    for writers in args.writers.iter().copied().map(usize::from) {
         let (ours, latency) = repeat_appends(&store, args, writers, 1, "postgres").await?;
         let raw = pgbench_runs(url, args, writers, 1, scratch).await?;
         comparisons.push(Comparison {
@@ -87,7 +87,7 @@ async fn postgres(
         });
     }
 
-    let writers = args.batch_writers;
+    let writers = usize::from(args.batch_writers);
     let (ours, latency) = repeat_appends(&store, args, writers, 100, "postgres").await?;
     let raw = pgbench_runs(url, args, writers, 100, scratch).await?;
     comparisons.push(Comparison {
@@ -165,8 +165,9 @@ async fn sqlite(args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<Vec<Compari
     let mut raw_sqlite = RawSqlite::open(&raw_path, &store_path).await?;
     let mut comparisons = Vec::new();
 
-    let mut shapes: Vec<(usize, usize)> = args.writers.iter().map(|&w| (w, 1)).collect();
-    shapes.push((args.batch_writers, 100));
+    let mut shapes: Vec<(usize, usize)> =
+        args.writers.iter().map(|&w| (usize::from(w), 1)).collect();
+    shapes.push((usize::from(args.batch_writers), 100));
     for (writers, events_per_append) in shapes {
         let (ours, latency) =
             repeat_appends(&store, args, writers, events_per_append, "sqlite").await?;
@@ -348,7 +349,7 @@ async fn fill(store: &Arc<dyn EventStore>, target: u64, backend: &str) -> anyhow
     Ok(store.head().await?.0)
 }
 
-async fn repeat_reads(store: &Arc<dyn EventStore>, runs: usize) -> anyhow::Result<Figure> {
+async fn repeat_reads(store: &Arc<dyn EventStore>, runs: u16) -> anyhow::Result<Figure> {
     let mut rates = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();

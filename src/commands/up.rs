@@ -26,14 +26,15 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     println!("  not yet built: booking API, relay, seat-lock, payment, notifier, projections");
     info!(store = %location.display_url(), %head, "event store open");
     if args.once {
+        store.close().await;
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
-    // Dropping the store closes its writer queue; the writer finishes what it holds.
-    drop(store);
+    // Refuse new appends and finish the queued ones before the runtime goes away.
+    store.close().await;
     println!("ZingQueue stopped.");
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Servers from testcontainers, where a Docker engine answers and `ZQ_TEST_CONTAINERS=1`.
 //!
 //! Our own machines have no Docker engine; this is for contributors who do. It is behind the
-//! `containers` feature so that everyone else does not compile a Docker client.
+//! `containers` feature so that everyone else does not compile a Docker client. Asking for
+//! containers (`ZQ_TEST_CONTAINERS=1`) where no engine answers fails the tests loudly rather than
+//! quietly falling back to other servers: the variable says which servers the run must use.
 
 use crate::error::TestkitError;
 

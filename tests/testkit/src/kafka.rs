@@ -43,6 +43,11 @@ const MOCK_BROKERS: i32 = 1;
 
 pub fn try_kafka() -> Result<KafkaBroker, TestkitError> {
     if let Ok(bootstrap_servers) = std::env::var("ZQ_TEST_KAFKA_BROKERS") {
+        check_brokers_answer(&bootstrap_servers).map_err(|reason| TestkitError::Unusable {
+            server: "Kafka",
+            address: bootstrap_servers.clone(),
+            reason,
+        })?;
         eprintln!(
             "testkit: {} uses Kafka at {bootstrap_servers} (ZQ_TEST_KAFKA_BROKERS)",
             crate::test_name()
@@ -198,6 +203,19 @@ impl Drop for KafkaBroker {
             }
         }
     }
+}
+
+/// Ask the brokers for their metadata, so that a wrong address fails here with testkit's message.
+fn check_brokers_answer(bootstrap_servers: &str) -> Result<(), String> {
+    let client: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()
+        .map_err(|error| error.to_string())?;
+    client
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map(|_| ())
+        .map_err(|error| format!("no metadata within 10 s: {error}"))
 }
 
 fn create_topic_with_admin_api(

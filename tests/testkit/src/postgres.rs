@@ -267,10 +267,12 @@ fn with_database(url: &str, database: &str) -> String {
 
 /// A URL with its password hidden, for logs.
 fn redact(url: &str) -> String {
-    let Some(at) = url.find('@') else {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
-    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let Some(at) = url[scheme_end..].find('@').map(|i| i + scheme_end) else {
+        return url.to_string();
+    };
     match url[scheme_end..at].split_once(':') {
         Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end], &url[at..]),
         None => url.to_string(),
@@ -294,5 +296,6 @@ mod tests {
     fn hides_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("weird@postgres://h/db"), "weird@postgres://h/db");
     }
 }

@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, Once};
@@ -42,13 +43,16 @@ pub(crate) fn on_exit(stop: impl FnOnce() + Send + 'static, guardian_command: &s
         Ok(mut actions) => actions.push(Box::new(stop)),
         Err(poisoned) => poisoned.into_inner().push(Box::new(stop)),
     }
+    // The guardian ignores the signals a Ctrl-C or a job timeout sends to the whole process group,
+    // and lives in a group of its own, so that it outlives us by design. Its output goes nowhere.
     let watcher = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {guardian_command}",
+        "trap '' INT TERM HUP; while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         {guardian_command}",
         pid = std::process::id()
     );
-    // The guardian outlives us by design; its output goes nowhere.
     let _ = Command::new("sh")
         .args(["-c", &watcher])
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

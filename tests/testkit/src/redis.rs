@@ -24,6 +24,7 @@ pub struct RedisDatabase {
 struct RedisServer {
     /// `redis://host:port` without a database.
     base_url: String,
+    address: SocketAddr,
     origin: String,
     /// Whether each test may have a database index of its own (only on a server we started).
     own_databases: bool,
@@ -41,9 +42,24 @@ pub fn try_redis() -> Result<RedisDatabase, TestkitError> {
             reason: reason.clone(),
         })?;
     let url = if server.own_databases {
+        // Indexes are reused after DATABASES tests: empty the database before handing it out.
         let index = NEXT_DATABASE.fetch_add(1, Ordering::Relaxed) % DATABASES;
+        let request = format!("SELECT {index}\r\nFLUSHDB\r\n");
+        let answer = tcp_exchange(server.address, request.as_bytes()).unwrap_or_default();
+        if !answer.starts_with(b"+OK") {
+            return Err(TestkitError::Unusable {
+                server: "Redis",
+                address: server.base_url.clone(),
+                reason: format!(
+                    "SELECT/FLUSHDB answered {:?}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            });
+        }
         format!("{}/{index}", server.base_url)
     } else {
+        // A server we did not start may hold data of its own: tests on it use keys of their own
+        // rather than a flushed database.
         server.base_url.clone()
     };
     eprintln!(
@@ -58,6 +74,7 @@ fn server() -> Result<RedisServer, TestkitError> {
     if let Ok(url) = std::env::var("ZQ_TEST_REDIS_URL") {
         return Ok(RedisServer {
             origin: "ZQ_TEST_REDIS_URL".into(),
+            address: answering_address(&url)?,
             base_url: url,
             own_databases: false,
         });
@@ -65,20 +82,51 @@ fn server() -> Result<RedisServer, TestkitError> {
     if let Some(base_url) = crate::containers::redis()? {
         return Ok(RedisServer {
             origin: "testcontainers".into(),
+            address: answering_address(&base_url)?,
             base_url,
             // The image's server has 16 databases, not ours: tests share index 0.
             own_databases: false,
         });
     }
-    let base_url = start_local()?;
+    let (base_url, address) = start_local()?;
     Ok(RedisServer {
         origin: "a server started by testkit".into(),
         base_url,
+        address,
         own_databases: true,
     })
 }
 
-fn start_local() -> Result<String, TestkitError> {
+/// The address of a Redis URL (`redis://[user:password@]host:port[/db]`), checked with a PING so
+/// that a wrong URL fails here, with testkit's message, not later in a test.
+fn answering_address(url: &str) -> Result<SocketAddr, TestkitError> {
+    let unusable = |reason: String| TestkitError::Unusable {
+        server: "Redis",
+        address: url.to_string(),
+        reason,
+    };
+    let host_port = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let address = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .map_err(|error| unusable(format!("cannot resolve {host_port:?}: {error}")))?
+        .next()
+        .ok_or_else(|| unusable(format!("no address for {host_port:?}")))?;
+    let answer = tcp_exchange(address, b"PING\r\n").map_err(|error| unusable(error.to_string()))?;
+    if answer.starts_with(b"+PONG") || answer.starts_with(b"-NOAUTH") {
+        Ok(address)
+    } else {
+        Err(unusable(format!(
+            "PING answered {:?}",
+            String::from_utf8_lossy(&answer)
+        )))
+    }
+}
+
+fn start_local() -> Result<(String, SocketAddr), TestkitError> {
     let redis_server =
         find_program("redis-server", &[]).ok_or_else(|| TestkitError::NotInstalled {
             server: "Redis",
@@ -127,7 +175,7 @@ fn start_local() -> Result<String, TestkitError> {
                 },
                 &format!("kill {pid} 2>/dev/null; rm -rf {dir_quoted}"),
             );
-            return Ok(format!("redis://127.0.0.1:{port}"));
+            return Ok((format!("redis://127.0.0.1:{port}"), address));
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -79,7 +79,10 @@ fn redis_answers_ping() {
 #[test]
 fn the_mock_kafka_cluster_stores_and_serves_records() {
     let kafka = testkit::kafka();
-    assert!(kafka.is_mock());
+    assert_eq!(
+        kafka.is_mock(),
+        std::env::var_os("ZQ_TEST_KAFKA_BROKERS").is_none()
+    );
     kafka.create_topic("zq.test", 3).unwrap();
 
     let producer: BaseProducer = ClientConfig::new()
@@ -128,49 +131,102 @@ fn the_mock_kafka_cluster_stores_and_serves_records() {
     assert_eq!(metadata.topics()[0].partitions().len(), 3);
 }
 
-/// Run as a child of `servers_are_stopped_when_a_test_panics` (it sets ZQ_TESTKIT_CHILD): start
-/// both servers, say where they are, and panic. Run on its own, there is nothing to do.
+/// Run as a child of the two tests below (they set ZQ_TESTKIT_CHILD): start both servers, say
+/// where they are, then panic, or hang until killed. Run on its own, there is nothing to do.
 #[test]
-fn child_starts_servers_then_panics() {
-    if std::env::var_os("ZQ_TESTKIT_CHILD").is_none() {
+fn child_starts_servers_then_panics_or_hangs() {
+    let Some(mode) = std::env::var_os("ZQ_TESTKIT_CHILD") else {
         return;
-    }
+    };
     let postgres = testkit::postgres();
     let redis = testkit::redis();
     println!("CHILD_POSTGRES={}", postgres.url);
     println!("CHILD_REDIS={}", redis.url);
+    if mode == "hang" {
+        std::thread::sleep(Duration::from_secs(120));
+    }
     panic!("this test panics on purpose");
+}
+
+/// The host:port of a server URL the child printed.
+fn reported_address(stdout: &str, prefix: &str) -> std::net::SocketAddr {
+    let url = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("child did not report {prefix}: {stdout}"));
+    let host = url
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_start_matches("redis://");
+    host.split('/').next().unwrap().parse().unwrap()
+}
+
+fn child(mode: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "child_starts_servers_then_panics_or_hangs",
+            "--nocapture",
+        ])
+        .env("ZQ_TESTKIT_CHILD", mode)
+        .env_remove("ZQ_TEST_DATABASE_URL")
+        .env_remove("ZQ_TEST_REDIS_URL");
+    command
+}
+
+#[test]
+fn servers_are_stopped_when_the_test_binary_is_killed() {
+    use std::io::{BufRead, BufReader};
+    let mut running = child("hang")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    let mut lines = BufReader::new(running.stdout.take().unwrap()).lines();
+    while !stdout.contains("CHILD_REDIS=") {
+        let line = lines
+            .next()
+            .expect("the child reports its servers")
+            .unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let servers = [
+        reported_address(&stdout, "CHILD_POSTGRES="),
+        reported_address(&stdout, "CHILD_REDIS="),
+    ];
+    for server in servers {
+        assert!(TcpStream::connect_timeout(&server, Duration::from_secs(1)).is_ok());
+    }
+    // SIGKILL: no exit hook runs; the guardian must notice and stop the servers.
+    running.kill().unwrap();
+    running.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for server in servers {
+        while TcpStream::connect_timeout(&server, Duration::from_secs(1)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{server} still listens 20 s after the test binary was killed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]
 fn servers_are_stopped_when_a_test_panics() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_starts_servers_then_panics", "--nocapture"])
-        .env("ZQ_TESTKIT_CHILD", "1")
-        .env_remove("ZQ_TEST_DATABASE_URL")
-        .env_remove("ZQ_TEST_REDIS_URL")
-        .output()
-        .unwrap();
+    let output = child("panic").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "the child test should fail");
-    let address = |prefix: &str| {
-        let url = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("child did not report {prefix}: {stdout}"));
-        let host = url
-            .rsplit('@')
-            .next()
-            .unwrap()
-            .trim_start_matches("redis://");
-        host.split('/').next().unwrap().to_string()
-    };
-    let postgres = address("CHILD_POSTGRES=");
-    let redis = address("CHILD_REDIS=");
-    for server in [postgres, redis] {
+    for server in [
+        reported_address(&stdout, "CHILD_POSTGRES="),
+        reported_address(&stdout, "CHILD_REDIS="),
+    ] {
         // The exit hook has run by the time the child is gone: nothing listens any more.
         assert!(
-            TcpStream::connect_timeout(&server.parse().unwrap(), Duration::from_secs(1)).is_err(),
+            TcpStream::connect_timeout(&server, Duration::from_secs(1)).is_err(),
             "{server} is still listening after the test binary exited"
         );
     }

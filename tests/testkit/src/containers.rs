@@ -5,6 +5,7 @@
 //! containers (`ZQ_TEST_CONTAINERS=1`) where no engine answers fails the tests loudly rather than
 //! quietly falling back to other servers: the variable says which servers the run must use.
 
+#[cfg(not(feature = "containers"))]
 use crate::error::TestkitError;
 
 fn wanted() -> bool {

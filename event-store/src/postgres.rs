@@ -131,6 +131,31 @@ impl EventStore for PostgresEventStore {
         read_head(&self.pool).await
     }
 
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM zq_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        position
+            .map(|position| Ok(Position(from_i64(position, position)?)))
+            .transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO zq_checkpoints (name, position, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (name) DO UPDATE
+                SET position = greatest(zq_checkpoints.position, excluded.position),
+                    updated_at = now()",
+        )
+        .bind(name)
+        .bind(to_i64(position.0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     fn head_hint(&self) -> watch::Receiver<Position> {
         self.head_hint.clone()
     }

@@ -36,6 +36,9 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct SqliteEventStore {
     pool: SqlitePool,
+    /// One read-write connection for the small writes besides appends (checkpoints); SQLite
+    /// serializes it with the writer, waiting up to the busy timeout.
+    side_writes: SqlitePool,
     writer: Writer,
     head_hint: watch::Receiver<Position>,
 }
@@ -55,6 +58,10 @@ impl SqliteEventStore {
             .busy_timeout(Duration::from_secs(10));
         let mut writer = SqliteConnection::connect_with(&options).await?;
         migrate(&mut writer).await?;
+        let side_writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -64,6 +71,7 @@ impl SqliteEventStore {
         let writer = Writer::spawn(SqliteBatchSink { writer }, hint_sender);
         Ok(SqliteEventStore {
             pool,
+            side_writes,
             writer,
             head_hint,
         })
@@ -134,6 +142,32 @@ impl EventStore for SqliteEventStore {
 
     async fn head(&self) -> Result<Position, StoreError> {
         read_head(&self.pool).await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM zq_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        position
+            .map(|position| Ok(Position(from_i64(position, position)?)))
+            .transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO zq_checkpoints (name, position, updated_at)
+             VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             ON CONFLICT (name) DO UPDATE
+                SET position = max(zq_checkpoints.position, excluded.position),
+                    updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(to_i64(position.0))
+        .execute(&self.side_writes)
+        .await?;
+        Ok(())
     }
 
     fn head_hint(&self) -> watch::Receiver<Position> {

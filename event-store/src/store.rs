@@ -30,6 +30,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// positions back.
     async fn append_many(&self, streams: Vec<StreamAppend>) -> Result<AppendResult, StoreError>;
 
+    /// The position a named reader of the log (the relay, a projection, a consumer group) has
+    /// finished, if it ever saved one.
+    async fn checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError>;
+
+    /// Save the position a named reader has finished. Checkpoints only move forward: saving a
+    /// position below the stored one changes nothing, so a delayed or duplicate reader can never
+    /// rewind another's progress.
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
+
     /// Refuse new appends ([`StoreError::Closed`]), finish writing those already queued, and
     /// return once they are durable: the store's part of a graceful shutdown. Reads still work.
     async fn close(&self);

@@ -48,6 +48,7 @@ on_both_backends!(
     an_undecodable_event_names_itself,
     a_subscription_polls_when_no_wake_up_comes,
     close_writes_what_is_queued_and_refuses_the_rest,
+    checkpoints_only_move_forward,
 );
 
 async fn appends_get_dense_positions_and_stream_versions(backend: Backend) {
@@ -517,5 +518,28 @@ async fn close_writes_what_is_queued_and_refuses_the_rest(backend: Backend) {
     assert_eq!(
         store.read_all(Position(0), 1000).await.unwrap().len() as u64,
         written
+    );
+}
+
+async fn checkpoints_only_move_forward(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    assert_eq!(store.checkpoint("relay").await.unwrap(), None);
+    store.save_checkpoint("relay", Position(10)).await.unwrap();
+    store
+        .save_checkpoint("projection", Position(3))
+        .await
+        .unwrap();
+    assert_eq!(store.checkpoint("relay").await.unwrap(), Some(Position(10)));
+    // A delayed save of an older position does not rewind it.
+    store.save_checkpoint("relay", Position(7)).await.unwrap();
+    assert_eq!(store.checkpoint("relay").await.unwrap(), Some(Position(10)));
+    store.save_checkpoint("relay", Position(12)).await.unwrap();
+    // Another instance (another process) sees the same.
+    let other = db.open().await;
+    assert_eq!(other.checkpoint("relay").await.unwrap(), Some(Position(12)));
+    assert_eq!(
+        other.checkpoint("projection").await.unwrap(),
+        Some(Position(3))
     );
 }

@@ -1,0 +1,217 @@
+//! The relay: the transactional outbox's far side. It follows the store's global log and
+//! publishes every event to `zq.booking-events`, keyed by its partition key (the show id), so
+//! that all events of a show sit in one partition in store order.
+//!
+//! - **At least once, in order.** Its checkpoint (in the store, name `relay`) moves only after
+//!   Kafka has confirmed every record of a batch. A crash re-publishes from the checkpoint;
+//!   consumers drop records whose stream version they have applied. Re-published records keep
+//!   their `ce_id` (the event id).
+//! - **Never skips.** The producer retries a record until delivered (`message.timeout.ms=0`). On
+//!   an error the producer cannot recover from, the relay drops it, builds a new one and resumes
+//!   from the checkpoint.
+//! - **Fast.** It is woken by the store's notifications, so store → Kafka takes milliseconds.
+//! - **Headers**: CloudEvents 1.0 binary mode, as API.md lists them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_store::{EventStore, Position, RecordedEvent, StoreError, Subscription};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
+
+/// The checkpoint name the relay saves its progress under.
+pub const CHECKPOINT: &str = "relay";
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub partitions: i32,
+    /// Events read and published per round.
+    pub batch_size: usize,
+    /// `ce_source` of every record.
+    pub source: String,
+    /// How long the producer retries a record before giving up on it; `None` (the default) is
+    /// forever. A record given up on makes the relay rebuild its producer and resume from its
+    /// checkpoint, so a timeout costs duplicates, never a loss.
+    pub delivery_timeout: Option<Duration>,
+}
+
+impl RelayConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> RelayConfig {
+        RelayConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic: BOOKING_EVENTS_TOPIC.to_string(),
+            partitions: DEFAULT_PARTITIONS,
+            batch_size: 500,
+            source: "/zingqueue/relay".to_string(),
+            delivery_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::TopicError),
+}
+
+pub struct Relay {
+    store: Arc<dyn EventStore>,
+    config: RelayConfig,
+}
+
+impl Relay {
+    pub fn new(store: Arc<dyn EventStore>, config: RelayConfig) -> Relay {
+        Relay { store, config }
+    }
+
+    /// Create the topic (or check its partition count), then publish until `shutdown` resolves.
+    /// Returns an error only for what a new producer cannot fix (the store, the topic).
+    pub async fn run(
+        &self,
+        admin: &dyn TopicAdmin,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        admin
+            .ensure_topic(&self.config.topic, self.config.partitions)
+            .await?;
+        tokio::pin!(shutdown);
+        loop {
+            let mut producer_config = relay_producer_config(&self.config.bootstrap_servers);
+            if let Some(timeout) = self.config.delivery_timeout {
+                producer_config.set("message.timeout.ms", timeout.as_millis().to_string());
+            }
+            let producer: FutureProducer = producer_config.create()?;
+            tokio::select! {
+                outcome = self.publish_from_checkpoint(&producer) => match outcome {
+                    Err(RelayError::Kafka(error)) => {
+                        // The producer is broken (fatal idempotence error, ...): build a new one
+                        // and resume from what Kafka confirmed.
+                        warn!(%error, "producer failed; rebuilding it and resuming from the checkpoint");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(error) => return Err(error),
+                    Ok(()) => return Ok(()),
+                },
+                () = &mut shutdown => {
+                    // Whatever was sent but not confirmed is published again on the next start.
+                    info!("relay stopping");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Publish batch after batch from the checkpoint; returns only on error.
+    async fn publish_from_checkpoint(&self, producer: &FutureProducer) -> Result<(), RelayError> {
+        let after = self
+            .store
+            .checkpoint(CHECKPOINT)
+            .await?
+            .unwrap_or(Position::START);
+        info!(%after, "relay publishing from its checkpoint");
+        let mut subscription =
+            Subscription::new(self.store.clone(), after).with_batch_size(self.config.batch_size);
+        loop {
+            let batch = subscription.next_batch().await?;
+            let Some(last) = batch.last().map(|event| event.position) else {
+                continue;
+            };
+            let span = info_span!("relay_batch", events = batch.len(), last = %last);
+            self.publish(producer, &batch).instrument(span).await?;
+            self.store.save_checkpoint(CHECKPOINT, last).await?;
+        }
+    }
+
+    /// Send every event of a batch and wait until Kafka has confirmed them all.
+    async fn publish(
+        &self,
+        producer: &FutureProducer,
+        batch: &[RecordedEvent],
+    ) -> Result<(), RelayError> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for event in batch {
+            let key = event
+                .metadata
+                .partition_key
+                .as_deref()
+                .unwrap_or(&event.stream_id);
+            let mut record = FutureRecord::to(&self.config.topic)
+                .key(key)
+                .payload(event.data.as_str())
+                .headers(cloud_event_headers(event, &self.config.source));
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // Backpressure from the producer's queue: let it drain, then retry.
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(error.into()),
+                // The producer dropped the record without an answer: treat it as broken.
+                Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// CloudEvents 1.0 binary-mode headers (API.md, "Kafka").
+pub fn cloud_event_headers(event: &RecordedEvent, source: &str) -> OwnedHeaders {
+    let metadata = &event.metadata;
+    let event_id = event.event_id.to_string();
+    let ce_type = format!("zingqueue.{}", event.event_type);
+    let time = metadata
+        .occurred_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let position = event.position.to_string();
+    let stream_version = event.stream_version.to_string();
+    let correlation_id = metadata.correlation_id.map(|id| id.to_string());
+    let causation_id = metadata.causation_id.map(|id| id.to_string());
+    let mut headers = OwnedHeaders::new_with_capacity(14);
+    let fields: [(&str, Option<&str>); 13] = [
+        ("content-type", Some("application/json")),
+        ("ce_specversion", Some("1.0")),
+        ("ce_id", Some(&event_id)),
+        ("ce_type", Some(&ce_type)),
+        ("ce_source", Some(source)),
+        ("ce_time", Some(&time)),
+        ("ce_subject", Some(&event.stream_id)),
+        ("ce_partitionkey", metadata.partition_key.as_deref()),
+        ("ce_position", Some(&position)),
+        ("ce_streamversion", Some(&stream_version)),
+        ("ce_correlationid", correlation_id.as_deref()),
+        ("ce_causationid", causation_id.as_deref()),
+        ("traceparent", metadata.trace_context.as_deref()),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
+    headers
+}

@@ -30,17 +30,42 @@ pub struct GlobalArgs {
     /// the data folder.
     #[arg(long, env = "ZQ_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Kafka bootstrap servers (host:port,…); empty for `up`'s in-process broker.
+    #[arg(long, env = "ZQ_KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+
+    /// Partitions of zq.booking-events; fixed once the topic exists (ZingQueue refuses to run
+    /// against a topic with another count).
+    #[arg(long, env = "ZQ_PARTITIONS", default_value_t = infra::kafka::DEFAULT_PARTITIONS, global = true,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run ZingQueue in one process (today: open the event store and report it).
+    /// Run ZingQueue in one process: today the event store, a Kafka-protocol broker (in-process
+    /// unless ZQ_KAFKA_BROKERS names one) and the relay.
     Up(UpArgs),
     /// Create or update the event store's schema, then exit.
     Migrate,
+    /// Run one component on its own (needs ZQ_KAFKA_BROKERS).
+    Run {
+        #[command(subcommand)]
+        component: Component,
+    },
+    /// Host librdkafka's mock cluster in this process, for running components as separate
+    /// processes without Kafka. Not for production data: it forgets everything when it stops.
+    DevBroker,
     /// Measure ZingQueue beside the raw ceiling of the same machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Component {
+    /// Publish the event store's log to zq.booking-events.
+    Relay,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Up(args) => commands::up::run(&cli.global, args).await,
         cli::Command::Migrate => commands::migrate::run(&cli.global).await,
+        cli::Command::Run {
+            component: cli::Component::Relay,
+        } => commands::relay::run(&cli.global).await,
+        cli::Command::DevBroker => commands::dev_broker::run(&cli.global).await,
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
     }
 }

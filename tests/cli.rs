@@ -1,6 +1,11 @@
 //! The `zingqueue` binary as a user runs it.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
 
 fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
@@ -28,7 +33,10 @@ fn up_opens_the_embedded_store_in_the_data_folder() {
     );
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
-    assert!(stdout.contains("embedded (SQLite)"), "{stdout}");
+    assert!(
+        stdout.contains("embedded (SQLite, in-process broker)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("position 0"), "{stdout}");
     assert!(data_dir.join("zingqueue.db").is_file());
 
@@ -87,4 +95,142 @@ fn every_command_has_help() {
         help.contains("ZQ_DATABASE_URL") && help.contains("ZQ_DATA_DIR"),
         "{help}"
     );
+}
+
+/// Start `zingqueue` in the background and read its stdout until a line starts with `prefix`;
+/// returns the process and the rest of that line.
+fn spawn_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
+    command
+        .args(args)
+        .env_remove("ZQ_DATABASE_URL")
+        .env_remove("ZQ_DATA_DIR")
+        .env_remove("ZQ_KAFKA_BROKERS")
+        .stdout(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.trim_start().strip_prefix(prefix) {
+                    break Some(rest.trim().to_string());
+                }
+            }
+            _ => break None,
+        }
+    };
+    match found {
+        Some(rest) => {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            (child, rest)
+        }
+        None => {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the process exited ({status:?}) without printing {prefix:?}");
+        }
+    }
+}
+
+/// Ask the process to stop as Ctrl-C would, and wait (bounded) for a clean exit.
+fn interrupt(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit after Ctrl-C: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no exit within 20 s of Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_broker_serves_the_booking_topic_to_other_processes() {
+    let (broker, bootstrap) = spawn_until(&["dev-broker"], &[], "bootstrap servers:");
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let metadata = client
+        .fetch_metadata(Some("zq.booking-events"), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), 12);
+    interrupt(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_relays_what_is_appended_to_its_in_process_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let (up, bootstrap) = spawn_until(&["up", "--data-dir", &data_dir], &[], "kafka brokers:");
+
+    // Another process (this test) appends to the same SQLite store; the relay polls it.
+    let url = format!("sqlite://{data_dir}/zingqueue.db");
+    let store = event_store::open(&url).await.unwrap();
+    let event_id = uuid::Uuid::now_v7();
+    let event = event_store::NewEvent::from_json_text(
+        event_id,
+        "show.scheduled.v1",
+        r#"{"name":"relayed"}"#,
+        event_store::EventMetadata {
+            partition_key: Some("show-42".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store
+        .append(event_store::StreamAppend::new(
+            "show-42",
+            event_store::ExpectedVersion::NoStream,
+            vec![event],
+        ))
+        .await
+        .unwrap();
+
+    // Read every partition from the start, without a consumer group: nothing to rebalance, and
+    // nothing to leave when the broker goes away with `up`.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "cli-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..12 {
+        partitions
+            .add_partition_offset("zq.booking-events", partition, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the event never reached the broker"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            break (
+                String::from_utf8_lossy(message.key().unwrap()).into_owned(),
+                String::from_utf8_lossy(message.payload().unwrap()).into_owned(),
+            );
+        }
+    };
+    assert_eq!(
+        record,
+        ("show-42".to_string(), r#"{"name":"relayed"}"#.to_string())
+    );
+    store.close().await;
+    interrupt(up);
 }

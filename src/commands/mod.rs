@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
+pub mod dev_broker;
 pub mod migrate;
+pub mod relay;
 pub mod up;
 
 use anyhow::Context;
@@ -12,4 +14,41 @@ use crate::cli::GlobalArgs;
 pub fn store_location(global: &GlobalArgs) -> anyhow::Result<StoreLocation> {
     StoreLocation::resolve(global.database_url.as_deref(), &global.data_dir)
         .context("resolving where the event store lives")
+}
+
+/// The Kafka to publish to: the configured brokers (with the admin API), or, when none are
+/// configured and `embedded_allowed`, a broker in this process. Returns the bootstrap servers and
+/// the topic admin (which owns the embedded broker, keeping it alive).
+pub fn kafka(
+    global: &GlobalArgs,
+    embedded_allowed: bool,
+) -> anyhow::Result<(String, Box<dyn infra::kafka::TopicAdmin>)> {
+    match global
+        .kafka_brokers
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    {
+        Some(brokers) => Ok((
+            brokers.to_string(),
+            Box::new(infra::kafka::KafkaTopicAdmin::new(brokers)?),
+        )),
+        None if embedded_allowed => {
+            let broker = infra::embedded_broker::EmbeddedBroker::start(1)
+                .context("starting the in-process Kafka-protocol broker")?;
+            Ok((broker.bootstrap_servers().to_string(), Box::new(broker)))
+        }
+        None => anyhow::bail!(
+            "ZQ_KAFKA_BROKERS (--kafka-brokers) is required to run a component on its own; \
+             `zingqueue dev-broker` starts a broker for development, and `zingqueue up` runs \
+             everything with one in-process"
+        ),
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C / SIGINT).
+pub async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // Without a signal handler there is nothing to wait for: run until killed.
+        std::future::pending::<()>().await;
+    }
 }

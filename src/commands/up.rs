@@ -1,11 +1,13 @@
 //! `zingqueue up`: everything in one process.
 //!
-//! At this stage of the project "everything" is the event store: `up` opens it (the embedded
-//! SQLite store in the data folder unless `ZQ_DATABASE_URL` says otherwise), says where it is and
-//! runs until interrupted. The booking API, relay and consumers join as they are built.
+//! Today "everything" is the event store (the embedded SQLite store in the data folder unless
+//! `ZQ_DATABASE_URL` says otherwise), a Kafka-protocol broker (in-process unless
+//! `ZQ_KAFKA_BROKERS` names one) and the relay between them. The booking API and the consumers
+//! join as they are built.
 
 use anyhow::Context;
 use infra::config::StoreLocation;
+use infra::relay::{Relay, RelayConfig};
 use tracing::info;
 
 use crate::cli::{GlobalArgs, UpArgs};
@@ -16,23 +18,33 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the event store at {}", location.display_url()))?;
     let head = store.head().await?;
-    let mode = match &location {
-        StoreLocation::Embedded { .. } => "embedded (SQLite)",
-        StoreLocation::Configured(_) => "configured (ZQ_DATABASE_URL)",
+    let (brokers, admin) = super::kafka(global, true)?;
+    let mode = match (&location, global.kafka_brokers.is_some()) {
+        (StoreLocation::Embedded { .. }, false) => "embedded (SQLite, in-process broker)",
+        _ => "configured (ZQ_DATABASE_URL / ZQ_KAFKA_BROKERS)",
     };
-    println!("ZingQueue is up: {mode} event store");
-    println!("  event store:  {}", location.display_url());
-    println!("  log head:     position {head}");
-    println!("  not yet built: booking API, relay, seat-lock, payment, notifier, projections");
-    info!(store = %location.display_url(), %head, "event store open");
+    println!("ZingQueue is up: {mode}");
+    println!("  event store:   {}", location.display_url());
+    println!("  log head:      position {head}");
+    println!("  kafka brokers: {brokers}");
+    println!(
+        "  relay:         publishing to zq.booking-events ({} partitions)",
+        global.partitions
+    );
+    println!("  not yet built: booking API, seat-lock, payment, notifier, projections");
+    info!(store = %location.display_url(), %head, %brokers, "up");
     if args.once {
         store.close().await;
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let config = RelayConfig {
+        partitions: global.partitions,
+        ..RelayConfig::new(brokers)
+    };
+    Relay::new(store.clone(), config)
+        .run(admin.as_ref(), super::interrupted())
+        .await?;
     // Refuse new appends and finish the queued ones before the runtime goes away.
     store.close().await;
     println!("ZingQueue stopped.");

@@ -1,0 +1,28 @@
+//! `zingqueue run relay`: the relay on its own, against the configured Kafka.
+
+use anyhow::Context;
+use infra::relay::{Relay, RelayConfig};
+
+use crate::cli::GlobalArgs;
+
+pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
+    let (brokers, admin) = super::kafka(global, false)?;
+    let location = super::store_location(global)?;
+    let store = event_store::open(location.url())
+        .await
+        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    println!(
+        "relay: {} → {brokers} ({} partitions)",
+        location.display_url(),
+        global.partitions
+    );
+    let config = RelayConfig {
+        partitions: global.partitions,
+        ..RelayConfig::new(brokers)
+    };
+    Relay::new(store.clone(), config)
+        .run(admin.as_ref(), super::interrupted())
+        .await?;
+    store.close().await;
+    Ok(())
+}

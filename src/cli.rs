@@ -80,6 +80,33 @@ pub enum BenchCommand {
     /// Event store appends and global-log reads on Postgres and SQLite, beside pgbench, psql's
     /// \copy and raw SQLite inserts and reads measured in the same run.
     Store(StoreBenchArgs),
+    /// Relay throughput and store → Kafka latency, on Postgres and on the embedded default, with
+    /// and without rolled-back appends.
+    Relay(RelayBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayBenchArgs {
+    /// Postgres to measure on (an empty database you can write to). Without it only the embedded
+    /// default (SQLite) is measured.
+    #[arg(long, env = "ZQ_BENCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Events per second the writers offer (open loop).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+
+    /// Seconds each measurement offers load.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
+
+    /// Share of appends that roll back in the second measurement.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub rollback_percent: u8,
 }
 
 #[derive(Debug, Args)]

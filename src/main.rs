@@ -22,5 +22,6 @@ async fn main() -> anyhow::Result<()> {
         } => commands::relay::run(&cli.global).await,
         cli::Command::DevBroker => commands::dev_broker::run(&cli.global).await,
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
+        cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,
     }
 }

@@ -2,8 +2,8 @@
 //! publishes every event to `zq.booking-events`, keyed by its partition key (the show id), so
 //! that all events of a show sit in one partition in store order.
 //!
-//! - **At least once, in order.** Its checkpoint (in the store, name `relay`) moves only after
-//!   Kafka has confirmed every record of a batch. A crash re-publishes from the checkpoint;
+//! - **At least once, in order.** Its checkpoint (in the store, name `relay`) moves only over
+//!   records Kafka has confirmed, in position order. A crash re-publishes from the checkpoint;
 //!   consumers drop records whose stream version they have applied. Re-published records keep
 //!   their `ce_id` (the event id).
 //! - **Never skips.** The producer retries a record until delivered (`message.timeout.ms=0`). On
@@ -12,19 +12,24 @@
 //! - **Fast.** It is woken by the store's notifications, so store → Kafka takes milliseconds.
 //! - **Headers**: CloudEvents 1.0 binary mode, as API.md lists them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_store::{EventStore, Position, RecordedEvent, StoreError, Subscription};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tracing::{Instrument, info, info_span, warn};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tracing::{Instrument, debug_span, info, warn};
 
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
 
 /// The checkpoint name the relay saves its progress under.
 pub const CHECKPOINT: &str = "relay";
+/// Records sent but not yet confirmed, at most.
+const MAX_IN_FLIGHT: usize = 10_000;
+/// How often the checkpoint is saved while records keep flowing (always when idle).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -111,7 +116,13 @@ impl Relay {
         }
     }
 
-    /// Publish batch after batch from the checkpoint; returns only on error.
+    /// Publish from the checkpoint; returns only on error.
+    ///
+    /// A pipeline: records are sent as soon as they are read, up to `MAX_IN_FLIGHT` unconfirmed
+    /// ones, and confirmations are taken in position order. The idempotent producer keeps each
+    /// partition in send order, so confirming position p means everything up to p is in Kafka;
+    /// the checkpoint follows the confirmed prefix, saved at most every `CHECKPOINT_EVERY` (a
+    /// crash re-publishes at most that much, which consumers drop by stream version).
     async fn publish_from_checkpoint(&self, producer: &FutureProducer) -> Result<(), RelayError> {
         let after = self
             .store
@@ -121,59 +132,90 @@ impl Relay {
         info!(%after, "relay publishing from its checkpoint");
         let mut subscription =
             Subscription::new(self.store.clone(), after).with_batch_size(self.config.batch_size);
+        let mut in_flight: VecDeque<(Position, DeliveryFuture)> = VecDeque::new();
+        let mut confirmed = after;
+        let mut saved = after;
+        let mut last_save = Instant::now();
         loop {
-            let batch = subscription.next_batch().await?;
-            let Some(last) = batch.last().map(|event| event.position) else {
-                continue;
-            };
-            let span = info_span!("relay_batch", events = batch.len(), last = %last);
-            self.publish(producer, &batch).instrument(span).await?;
-            self.store.save_checkpoint(CHECKPOINT, last).await?;
+            tokio::select! {
+                // Confirmations first: they free room and move the checkpoint.
+                biased;
+                delivery = next_confirmation(&mut in_flight), if !in_flight.is_empty() => {
+                    confirmed = delivery?;
+                }
+                batch = subscription.next_batch(), if in_flight.len() < MAX_IN_FLIGHT => {
+                    let batch = batch?;
+                    let span = debug_span!("relay_send", events = batch.len());
+                    self.send_batch(producer, &batch, &mut in_flight)
+                        .instrument(span)
+                        .await?;
+                }
+            }
+            let idle = in_flight.is_empty();
+            if confirmed > saved && (idle || last_save.elapsed() >= CHECKPOINT_EVERY) {
+                self.store.save_checkpoint(CHECKPOINT, confirmed).await?;
+                saved = confirmed;
+                last_save = Instant::now();
+            }
         }
     }
 
-    /// Send every event of a batch and wait until Kafka has confirmed them all.
-    async fn publish(
+    async fn send_batch(
         &self,
         producer: &FutureProducer,
         batch: &[RecordedEvent],
+        in_flight: &mut VecDeque<(Position, DeliveryFuture)>,
     ) -> Result<(), RelayError> {
-        let mut deliveries = Vec::with_capacity(batch.len());
         for event in batch {
-            let key = event
-                .metadata
-                .partition_key
-                .as_deref()
-                .unwrap_or(&event.stream_id);
-            let mut record = FutureRecord::to(&self.config.topic)
-                .key(key)
-                .payload(event.data.as_str())
-                .headers(cloud_event_headers(event, &self.config.source));
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // Backpressure from the producer's queue: let it drain, then retry.
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((error, _)) => return Err(error.into()),
-                }
-            }
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error.into()),
-                // The producer dropped the record without an answer: treat it as broken.
-                Err(_) => return Err(KafkaError::Canceled.into()),
-            }
+            in_flight.push_back((event.position, self.send(producer, event).await?));
         }
         Ok(())
+    }
+
+    /// Hand one event to the producer (waiting while its queue is full).
+    async fn send(
+        &self,
+        producer: &FutureProducer,
+        event: &RecordedEvent,
+    ) -> Result<DeliveryFuture, RelayError> {
+        let key = event
+            .metadata
+            .partition_key
+            .as_deref()
+            .unwrap_or(&event.stream_id);
+        let mut record = FutureRecord::to(&self.config.topic)
+            .key(key)
+            .payload(event.data.as_str())
+            .headers(cloud_event_headers(event, &self.config.source));
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure from the producer's queue: let it drain, then retry.
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// The position of the oldest unconfirmed record, once Kafka confirms it.
+async fn next_confirmation(
+    in_flight: &mut VecDeque<(Position, DeliveryFuture)>,
+) -> Result<Position, RelayError> {
+    let Some((position, delivery)) = in_flight.front_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = delivery.await;
+    let position = *position;
+    in_flight.pop_front();
+    match outcome {
+        Ok(Ok(_)) => Ok(position),
+        Ok(Err((error, _))) => Err(error.into()),
+        // The producer dropped the record without an answer: treat it as broken.
+        Err(_) => Err(KafkaError::Canceled.into()),
     }
 }
 

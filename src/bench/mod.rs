@@ -3,6 +3,7 @@
 //! median of several runs (all runs are printed too).
 
 pub mod ceiling;
+pub mod relay;
 pub mod store;
 
 use std::fmt;

@@ -36,7 +36,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         Some(url) => comparisons.extend(postgres(url, &args, scratch.path()).await?),
         None => println!(
             "Postgres figures skipped: give --postgres-url (ZQ_BENCH_POSTGRES_URL) an empty \
-             database; scripts/bench-store starts a throwaway server for you"
+             database; scripts/bench store starts a throwaway server for you"
         ),
     }
     if !args.skip_sqlite {

@@ -151,32 +151,9 @@ async fn write_and_answer(
         }
         Err(error) if batch.len() > 1 && !error.is_transient() => {
             // Something in the batch broke the transaction in a way the planner could not
-            // foresee (a trigger, a constraint added by hand). Write each append alone, so that
-            // only the one at fault fails; if the database itself goes away meanwhile, answer
-            // the rest at once instead of waiting on it once per append.
-            warn!(%error, appends = batch.len(), "batch failed; writing its appends one by one");
-            let mut unavailable: Option<String> = None;
-            for pending in batch {
-                let outcome = match &unavailable {
-                    Some(reason) => Err(StoreError::Unavailable(reason.clone())),
-                    None => {
-                        let alone = [pending.streams.as_slice()];
-                        match sink.write_batch(&alone).await {
-                            Ok((mut outcomes, head)) => {
-                                announce(head_hint, head);
-                                outcomes.pop().unwrap_or(Err(StoreError::Closed))
-                            }
-                            Err(error) => {
-                                if error.is_transient() {
-                                    unavailable = Some(error.to_string());
-                                }
-                                Err(error)
-                            }
-                        }
-                    }
-                };
-                let _ = pending.reply.send(outcome);
-            }
+            // foresee (a trigger, a constraint added by hand). Find the culprits by halving.
+            warn!(%error, appends = batch.len(), "batch failed; isolating the appends at fault");
+            isolate_failures(sink, batch, head_hint).await;
         }
         Err(error) => {
             warn!(%error, appends = batch.len(), "batch failed");
@@ -192,6 +169,58 @@ async fn write_and_answer(
             }
         }
     }
+}
+
+/// Write a failed batch again in halves, and halves of the halves that fail, until every append
+/// is written or has failed alone: only the appends at fault fail, in far fewer transactions than
+/// one per append. Arrival order is kept (the first half is written first). If the database
+/// itself goes away meanwhile, the rest are answered at once instead of waiting on it.
+async fn isolate_failures(
+    sink: &mut impl BatchSink,
+    batch: Vec<PendingAppend>,
+    head_hint: &watch::Sender<Position>,
+) {
+    // A stack of groups still to write; the group on top is the earliest.
+    let mut groups = halves(batch);
+    let mut unavailable: Option<String> = None;
+    while let Some(group) = groups.pop() {
+        if let Some(reason) = &unavailable {
+            for pending in group {
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::Unavailable(reason.clone())));
+            }
+            continue;
+        }
+        let appends: Vec<&[StreamAppend]> = group.iter().map(|p| p.streams.as_slice()).collect();
+        match sink.write_batch(&appends).await {
+            Ok((outcomes, head)) => {
+                announce(head_hint, head);
+                for (pending, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+            }
+            Err(error) if error.is_transient() => {
+                unavailable = Some(error.to_string());
+                groups.push(group);
+            }
+            Err(error) if group.len() == 1 => {
+                if let Some(pending) = group.into_iter().next() {
+                    let _ = pending.reply.send(Err(error));
+                }
+            }
+            Err(_) => groups.extend(halves(group)),
+        }
+    }
+}
+
+/// Split a group in two, as stack entries: the second half below the first.
+fn halves(mut group: Vec<PendingAppend>) -> Vec<Vec<PendingAppend>> {
+    let second = group.split_off(group.len().div_ceil(2));
+    [second, group]
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .collect()
 }
 
 /// Tell readers of a newer head; an older or equal one changes nothing.

@@ -52,3 +52,22 @@ pub async fn interrupted() {
         std::future::pending::<()>().await;
     }
 }
+
+/// Run the relay from `store` to `brokers` until interrupted, then close the store: refuse new
+/// appends and finish the queued ones before the runtime goes away.
+pub async fn relay_until_interrupted(
+    global: &GlobalArgs,
+    store: std::sync::Arc<dyn event_store::EventStore>,
+    brokers: String,
+    admin: &dyn infra::kafka::TopicAdmin,
+) -> anyhow::Result<()> {
+    let config = infra::relay::RelayConfig {
+        partitions: global.partitions,
+        ..infra::relay::RelayConfig::new(brokers)
+    };
+    infra::relay::Relay::new(store.clone(), config)
+        .run(admin, interrupted())
+        .await?;
+    store.close().await;
+    Ok(())
+}

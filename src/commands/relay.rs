@@ -1,7 +1,6 @@
 //! `zingqueue run relay`: the relay on its own, against the configured Kafka.
 
 use anyhow::Context;
-use infra::relay::{Relay, RelayConfig};
 
 use crate::cli::GlobalArgs;
 
@@ -16,13 +15,5 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         location.display_url(),
         global.partitions
     );
-    let config = RelayConfig {
-        partitions: global.partitions,
-        ..RelayConfig::new(brokers)
-    };
-    Relay::new(store.clone(), config)
-        .run(admin.as_ref(), super::interrupted())
-        .await?;
-    store.close().await;
-    Ok(())
+    super::relay_until_interrupted(global, store, brokers, admin.as_ref()).await
 }

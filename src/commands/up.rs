@@ -7,7 +7,6 @@
 
 use anyhow::Context;
 use infra::config::StoreLocation;
-use infra::relay::{Relay, RelayConfig};
 use tracing::info;
 
 use crate::cli::{GlobalArgs, UpArgs};
@@ -38,15 +37,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
-    let config = RelayConfig {
-        partitions: global.partitions,
-        ..RelayConfig::new(brokers)
-    };
-    Relay::new(store.clone(), config)
-        .run(admin.as_ref(), super::interrupted())
-        .await?;
-    // Refuse new appends and finish the queued ones before the runtime goes away.
-    store.close().await;
+    super::relay_until_interrupted(global, store, brokers, admin.as_ref()).await?;
     println!("ZingQueue stopped.");
     Ok(())
 }

@@ -35,6 +35,20 @@ pub struct GlobalArgs {
     #[arg(long, env = "ZQ_KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
 
+    /// Address the HTTP API listens on (port 0: any free port).
+    #[arg(
+        long,
+        env = "ZQ_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// The admin bearer token. The embedded `up` generates one when unset (written to
+    /// <data-dir>/admin-token, mode 0600); in real mode every process refuses to start without it.
+    #[arg(long, env = "ZQ_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Partitions of zq.booking-events; fixed once the topic exists (ZingQueue refuses to run
     /// against a topic with another count).
     #[arg(long, env = "ZQ_PARTITIONS", default_value_t = infra::kafka::DEFAULT_PARTITIONS, global = true,

@@ -62,11 +62,14 @@ fn migrate_prepares_a_postgres_store() {
 #[test]
 fn an_unreachable_database_is_a_clear_error_not_a_panic() {
     let output = zingqueue(
-        &["up", "--once"],
-        &[(
-            "ZQ_DATABASE_URL",
-            "postgres://nobody:secret@127.0.0.1:1/none",
-        )],
+        &["up", "--once", "--listen", "127.0.0.1:0"],
+        &[
+            (
+                "ZQ_DATABASE_URL",
+                "postgres://nobody:secret@127.0.0.1:1/none",
+            ),
+            ("ZQ_ADMIN_TOKEN", "any"),
+        ],
     );
     let stderr = text(&output.stderr);
     assert!(!output.status.success());
@@ -106,6 +109,7 @@ fn spawn_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> (Child, Str
         .env_remove("ZQ_DATABASE_URL")
         .env_remove("ZQ_DATA_DIR")
         .env_remove("ZQ_KAFKA_BROKERS")
+        .env_remove("ZQ_ADMIN_TOKEN")
         .stdout(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
@@ -173,7 +177,11 @@ fn dev_broker_serves_the_booking_topic_to_other_processes() {
 async fn up_relays_what_is_appended_to_its_in_process_broker() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap().to_string();
-    let (up, bootstrap) = spawn_until(&["up", "--data-dir", &data_dir], &[], "kafka brokers:");
+    let (up, bootstrap) = spawn_until(
+        &["up", "--listen", "127.0.0.1:0", "--data-dir", &data_dir],
+        &[],
+        "kafka brokers:",
+    );
 
     // Another process (this test) appends to the same SQLite store; the relay polls it.
     let url = format!("sqlite://{data_dir}/zingqueue.db");
@@ -232,5 +240,80 @@ async fn up_relays_what_is_appended_to_its_in_process_broker() {
         ("show-42".to_string(), r#"{"name":"relayed"}"#.to_string())
     );
     store.close().await;
+    interrupt(up);
+}
+
+#[test]
+fn real_mode_refuses_to_start_without_an_admin_token() {
+    let database = testkit::postgres();
+    let output = zingqueue(
+        &["up", "--once", "--listen", "127.0.0.1:0"],
+        &[("ZQ_DATABASE_URL", &database.url)],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("ZQ_ADMIN_TOKEN"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+/// One HTTP/1.1 exchange over a plain socket: (status, body).
+fn http(address: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn up_serves_the_api_with_a_generated_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let (up, api) = spawn_until(
+        &["up", "--listen", "127.0.0.1:0", "--data-dir", &data_dir],
+        &[],
+        "api:",
+    );
+    let address = api.trim_start_matches("http://").to_string();
+    let token_file = dir.path().join("admin-token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin token file is private");
+    let endpoints: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("endpoints.json")).unwrap()).unwrap();
+    assert_eq!(endpoints["api"], api.as_str());
+
+    let (status, _) = http(&address, "GET", "/healthz", None, "");
+    assert_eq!(status, 200);
+    let show = r#"{"name":"CLI show","starts_at":"2027-01-01T20:00:00Z","currency":"EUR",
+        "sections":[{"name":"A","rows":2,"seats_per_row":3,"price_cents":1000}]}"#;
+    let (status, _) = http(&address, "POST", "/shows", None, show);
+    assert_eq!(status, 401);
+    let (status, body) = http(&address, "POST", "/shows", Some(&token), show);
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let show_id = created["show_id"].as_str().unwrap();
+    let (status, body) = http(&address, "GET", &format!("/shows/{show_id}"), None, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("CLI show"));
     interrupt(up);
 }

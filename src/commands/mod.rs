@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod admin_token;
 pub mod dev_broker;
 pub mod migrate;
 pub mod relay;
@@ -53,21 +54,20 @@ pub async fn interrupted() {
     }
 }
 
-/// Run the relay from `store` to `brokers` until interrupted, then close the store: refuse new
-/// appends and finish the queued ones before the runtime goes away.
-pub async fn relay_until_interrupted(
+/// Run the relay from `store` to `brokers` until `shutdown` resolves.
+pub async fn run_relay(
     global: &GlobalArgs,
     store: std::sync::Arc<dyn event_store::EventStore>,
     brokers: String,
     admin: &dyn infra::kafka::TopicAdmin,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = infra::relay::RelayConfig {
         partitions: global.partitions,
         ..infra::relay::RelayConfig::new(brokers)
     };
-    infra::relay::Relay::new(store.clone(), config)
-        .run(admin, interrupted())
+    infra::relay::Relay::new(store, config)
+        .run(admin, shutdown)
         .await?;
-    store.close().await;
     Ok(())
 }

@@ -15,5 +15,15 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         location.display_url(),
         global.partitions
     );
-    super::relay_until_interrupted(global, store, brokers, admin.as_ref()).await
+    super::run_relay(
+        global,
+        store.clone(),
+        brokers,
+        admin.as_ref(),
+        super::interrupted(),
+    )
+    .await?;
+    // Refuse new appends and finish the queued ones before the runtime goes away.
+    store.close().await;
+    Ok(())
 }

@@ -1,0 +1,221 @@
+//! The show routes, roles and error cases of API.md, against a real Postgres event store.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use booking_api::auth::AdminToken;
+use booking_api::{ApiState, router};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN: &str = "test-admin-token";
+
+async fn app() -> (axum::Router, Arc<dyn event_store::EventStore>) {
+    let database = testkit::postgres();
+    let store = event_store::open(&database.url).await.unwrap();
+    let state = ApiState {
+        store: store.clone(),
+        admin: AdminToken::new(ADMIN),
+    };
+    (router(state), store)
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    location: Option<String>,
+    body: Value,
+}
+
+async fn send(app: &axum::Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let header_text = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_string())
+    };
+    let content_type = header_text(header::CONTENT_TYPE).unwrap_or_default();
+    let location = header_text(header::LOCATION);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        content_type,
+        location,
+        body,
+    }
+}
+
+fn post_show(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut request = Request::post("/shows").header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(body.into()).unwrap()
+}
+
+fn valid_show() -> Value {
+    json!({
+        "name": "Flash Sale Live",
+        "starts_at": "2027-03-01T20:00:00Z",
+        "currency": "EUR",
+        "sections": [
+            {"name": "A", "rows": 10, "seats_per_row": 20, "price_cents": 4500},
+            {"name": "VIP", "rows": 2, "seats_per_row": 5, "price_cents": 12000}
+        ]
+    })
+}
+
+fn assert_problem(answer: &Answer, status: StatusCode, detail_contains: &str) {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["status"], status.as_u16());
+    assert!(answer.body["type"].is_string() && answer.body["title"].is_string());
+    let detail = answer.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(detail_contains),
+        "detail {detail:?} should mention {detail_contains:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_a_show_and_anyone_reads_it() {
+    let (app, store) = app().await;
+    let created = send(&app, post_show(Some(ADMIN), valid_show().to_string())).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["seat_count"], 210);
+    let show_id = created.body["show_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.location.as_deref(),
+        Some(format!("/shows/{show_id}").as_str())
+    );
+
+    // The API only appended the show's event.
+    let stream = store
+        .read_stream(&format!("show-{show_id}"), 0)
+        .await
+        .unwrap();
+    assert_eq!(stream.len(), 1);
+    assert_eq!(stream[0].event_type, "show.scheduled.v1");
+
+    let read = send(
+        &app,
+        Request::get(format!("/shows/{show_id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["show_id"], show_id.as_str());
+    assert_eq!(read.body["name"], "Flash Sale Live");
+    assert_eq!(read.body["currency"], "EUR");
+    assert_eq!(read.body["seat_count"], 210);
+    assert_eq!(read.body["starts_at"], "2027-03-01T20:00:00Z");
+    assert_eq!(read.body["sections"][1]["name"], "VIP");
+    assert_eq!(read.body["sections"][1]["price_cents"], 12000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_show_needs_the_admin_token() {
+    let (app, store) = app().await;
+    let missing = send(&app, post_show(None, valid_show().to_string())).await;
+    assert_problem(&missing, StatusCode::UNAUTHORIZED, "bearer");
+    let wrong = send(
+        &app,
+        post_show(Some("not-the-token"), valid_show().to_string()),
+    )
+    .await;
+    assert_problem(&wrong, StatusCode::FORBIDDEN, "token");
+    assert_eq!(store.head().await.unwrap().0, 0, "nothing was appended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_precise_4xx_and_appends_nothing() {
+    let (app, store) = app().await;
+    let malformed = send(&app, post_show(Some(ADMIN), "{\"name\": ")).await;
+    assert_problem(&malformed, StatusCode::BAD_REQUEST, "malformed JSON");
+
+    let not_json = Request::post("/shows")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(valid_show().to_string()))
+        .unwrap();
+    assert_problem(
+        &send(&app, not_json).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "JSON",
+    );
+
+    let mut missing_field = valid_show();
+    missing_field.as_object_mut().unwrap().remove("sections");
+    let answer = send(&app, post_show(Some(ADMIN), missing_field.to_string())).await;
+    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "sections");
+
+    let mut unknown_currency = valid_show();
+    unknown_currency["currency"] = json!("XYZ");
+    let answer = send(&app, post_show(Some(ADMIN), unknown_currency.to_string())).await;
+    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "XYZ");
+
+    let mut no_sections = valid_show();
+    no_sections["sections"] = json!([]);
+    let answer = send(&app, post_show(Some(ADMIN), no_sections.to_string())).await;
+    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "section");
+
+    let mut bad_date = valid_show();
+    bad_date["starts_at"] = json!("next tuesday");
+    let answer = send(&app, post_show(Some(ADMIN), bad_date.to_string())).await;
+    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "starts_at");
+
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
+    let answer = send(&app, post_show(Some(ADMIN), huge)).await;
+    assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "1048576");
+
+    assert_eq!(store.head().await.unwrap().0, 0, "nothing was appended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_malformed_show_ids() {
+    let (app, _store) = app().await;
+    let unknown = uuid::Uuid::now_v7();
+    let answer = send(
+        &app,
+        Request::get(format!("/shows/{unknown}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&answer, StatusCode::NOT_FOUND, &unknown.to_string());
+    let answer = send(
+        &app,
+        Request::get("/shows/not-an-id")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&answer, StatusCode::BAD_REQUEST, "not-an-id");
+    let answer = send(
+        &app,
+        Request::get("/no/such/route").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_problem(&answer, StatusCode::NOT_FOUND, "route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let (app, store) = app().await;
+    let alive = send(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(alive.status, StatusCode::OK);
+    let ready = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.body["log_head"], 0);
+    // A store that no longer writes still reads: readiness follows the database.
+    store.close().await;
+    let ready = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+}

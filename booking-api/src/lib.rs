@@ -4,7 +4,7 @@
 //! command side only appends events to the store: it never waits for Kafka, Redis or payment.
 //!
 //! This crate is being built route by route. Today it serves `POST /shows` (admin),
-//! `GET /shows/{show_id}`, `/healthz` and `/readyz`; bookings, seat maps, idempotency and the
+//! `GET /shows/{show_id}`, `GET /shows/{show_id}/seats`, `/healthz` and `/readyz`; bookings, seat maps, idempotency and the
 //! OpenAPI document come next (issue "Booking command API, outbox relay …").
 //!
 //! Layout:

@@ -24,6 +24,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/shows", post(shows::create_show))
         .route("/shows/{show_id}", get(shows::get_show))
+        .route("/shows/{show_id}/seats", get(shows::get_seats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -104,9 +104,7 @@ pub async fn get_show(
     State(state): State<ApiState>,
     Path(show_id): Path<String>,
 ) -> Result<axum::Json<ShowView>, ApiError> {
-    let show_id: ShowId = show_id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{show_id:?} is not a show id")))?;
+    let show_id = parse_show_id(&show_id)?;
     let show = load_show(&state, show_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
@@ -127,6 +125,60 @@ pub async fn get_show(
             })
             .collect(),
     }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeatMap {
+    pub show_id: ShowId,
+    pub seats: Vec<SeatView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeatView {
+    pub seat: String,
+    /// `free` or `sold` (held seats live in seat-lock's hold store, not yet built).
+    pub state: &'static str,
+    /// Only for the admin (API.md: the public seat map carries no booking ids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booking_id: Option<domain::BookingId>,
+}
+
+/// `GET /shows/{show_id}/seats`: every seat in order, with its state; the admin also sees which
+/// booking owns a sold seat. A request with a token that is not the admin's is refused rather
+/// than silently served the public map.
+pub async fn get_seats(
+    State(state): State<ApiState>,
+    Path(show_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<SeatMap>, ApiError> {
+    let is_admin = match crate::auth::bearer(&headers) {
+        Some(_) => {
+            state.admin.require(&headers)?;
+            true
+        }
+        None => false,
+    };
+    let show_id = parse_show_id(&show_id)?;
+    let show = load_show(&state, show_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
+    let seats = show
+        .seats()
+        .map(|seat| {
+            let owner = show.owner_of(&seat);
+            SeatView {
+                seat: seat.to_string(),
+                state: if owner.is_some() { "sold" } else { "free" },
+                booking_id: owner.filter(|_| is_admin),
+            }
+        })
+        .collect();
+    Ok(axum::Json(SeatMap { show_id, seats }))
+}
+
+fn parse_show_id(text: &str) -> Result<ShowId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{text:?} is not a show id")))
 }
 
 /// A show's state, folded from its stream (the read models of a later issue replace this).

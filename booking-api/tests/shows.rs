@@ -219,3 +219,74 @@ async fn health_and_readiness() {
     let ready = send(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(ready.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seat_map_shows_sold_seats_and_only_the_admin_sees_who_bought_them() {
+    let (app, store) = app().await;
+    let mut small = valid_show();
+    small["sections"] = json!([{"name": "A", "rows": 2, "seats_per_row": 3, "price_cents": 100}]);
+    let created = send(&app, post_show(Some(ADMIN), small.to_string())).await;
+    let show_id: domain::ShowId = created.body["show_id"].as_str().unwrap().parse().unwrap();
+
+    // Sell A-2-3 as seat-lock will: decide on the show stream and append at its version.
+    let recorded = store.read_stream(&show_id.stream_id(), 0).await.unwrap();
+    let state = recorded.iter().fold(None, |state, event| {
+        match infra::stored_events::decode(event).unwrap() {
+            domain::DomainEvent::Show(event) => domain::show::evolve(state, &event),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    let buyer = domain::BookingId::new();
+    let sold = domain::show::decide(
+        &state,
+        domain::ShowCommand::SellSeats {
+            booking_id: buyer,
+            seats: ["A-2-3".parse().unwrap()].into(),
+        },
+    )
+    .unwrap();
+    let events = domain::EventEnvelope::fresh(sold)
+        .iter()
+        .map(|e| infra::stored_events::to_new_event(e, chrono::Utc::now()).unwrap())
+        .collect();
+    store
+        .append(event_store::StreamAppend::new(
+            show_id.stream_id(),
+            event_store::ExpectedVersion::Exact(1),
+            events,
+        ))
+        .await
+        .unwrap();
+
+    let path = format!("/shows/{show_id}/seats");
+    let public = send(&app, Request::get(&path).body(Body::empty()).unwrap()).await;
+    assert_eq!(public.status, StatusCode::OK);
+    let seats = public.body["seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 6);
+    assert_eq!(seats[0]["seat"], "A-1-1");
+    let sold: Vec<&Value> = seats.iter().filter(|s| s["state"] == "sold").collect();
+    assert_eq!(sold.len(), 1);
+    assert_eq!(sold[0]["seat"], "A-2-3");
+    assert!(
+        seats.iter().all(|s| s.get("booking_id").is_none()),
+        "no booking ids in public"
+    );
+
+    let admin = Request::get(&path)
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let admin = send(&app, admin).await;
+    let seats = admin.body["seats"].as_array().unwrap();
+    let sold = seats.iter().find(|s| s["seat"] == "A-2-3").unwrap();
+    assert_eq!(sold["booking_id"], buyer.to_string().as_str());
+
+    let wrong = Request::get(&path)
+        .header(header::AUTHORIZATION, "Bearer guess")
+        .body(Body::empty())
+        .unwrap();
+    assert_problem(&send(&app, wrong).await, StatusCode::FORBIDDEN, "token");
+    let unknown = format!("/shows/{}/seats", uuid::Uuid::now_v7());
+    let answer = send(&app, Request::get(unknown).body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}

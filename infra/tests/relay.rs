@@ -276,22 +276,45 @@ async fn wait_for_checkpoint(store: &Arc<dyn EventStore>, head: Position) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_event_arrives_keyed_by_show_in_its_murmur2_partition_with_headers() {
-    let database = testkit::postgres();
-    let store = event_store::open(&database.url).await.unwrap();
-    let kafka = testkit::kafka();
-    let (stop, relay) = start_relay(store.clone(), &kafka, config(&kafka)).await;
-
-    let shows: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-    let appended = append_bookings(&store, &shows, 4, 5).await;
+/// Read back everything `appended` (within `deadline`), check that each stream arrived whole and
+/// in store order, wait until the relay's checkpoint reaches the log head, and stop the relay.
+/// Returns the records as read, duplicates included.
+async fn expect_all_relayed(
+    store: &Arc<dyn EventStore>,
+    kafka: &testkit::KafkaBroker,
+    appended: &BTreeMap<String, Vec<Uuid>>,
+    deadline: Duration,
+    (stop, relay): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+) -> Vec<Received> {
     let total: usize = appended.values().map(Vec::len).sum();
     let received = consume(
         &kafka.bootstrap_servers,
         "zq.booking-events",
         total,
-        Duration::from_secs(60),
+        deadline,
     );
+    assert_eq!(&applied_order(&received), appended);
+    wait_for_checkpoint(store, store.head().await.unwrap()).await;
+    let _ = stop.send(());
+    relay.await.unwrap();
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_keyed_by_show_in_its_murmur2_partition_with_headers() {
+    let database = testkit::postgres();
+    let store = event_store::open(&database.url).await.unwrap();
+    let kafka = testkit::kafka();
+    let relay = start_relay(store.clone(), &kafka, config(&kafka)).await;
+
+    let shows: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let appended = append_bookings(&store, &shows, 4, 5).await;
+    // Every event once, in store order per stream; the checkpoint reaches the head.
+    let received =
+        expect_all_relayed(&store, &kafka, &appended, Duration::from_secs(60), relay).await;
 
     for record in &received {
         assert_eq!(
@@ -326,12 +349,6 @@ async fn every_event_arrives_keyed_by_show_in_its_murmur2_partition_with_headers
         assert_eq!(record.headers["ce_type"], "zingqueue.booking.something.v1");
         assert_eq!(record.headers["ce_source"], "/zingqueue/relay");
     }
-    // Store order per stream, every event once.
-    assert_eq!(applied_order(&received), appended);
-    // The checkpoint follows confirmed deliveries to the head.
-    wait_for_checkpoint(&store, store.head().await.unwrap()).await;
-    let _ = stop.send(());
-    relay.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,15 +366,9 @@ async fn a_relay_restart_loses_nothing_and_duplicates_keep_their_ce_id() {
     // Written while no relay runs; then a new relay resumes from the checkpoint.
     let later_shows: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
     appended.extend(append_bookings(&store, &later_shows, 2, 3).await);
-    let (stop, relay) = start_relay(store.clone(), &kafka, config(&kafka)).await;
-    let total: usize = appended.values().map(Vec::len).sum();
-    let received = consume(
-        &kafka.bootstrap_servers,
-        "zq.booking-events",
-        total,
-        Duration::from_secs(60),
-    );
-    assert_eq!(applied_order(&received), appended);
+    let relay = start_relay(store.clone(), &kafka, config(&kafka)).await;
+    let received =
+        expect_all_relayed(&store, &kafka, &appended, Duration::from_secs(60), relay).await;
     // A record published twice carries the same ce_id, position and data both times.
     let mut by_id: HashMap<&str, &Received> = HashMap::new();
     for record in &received {
@@ -366,9 +377,6 @@ async fn a_relay_restart_loses_nothing_and_duplicates_keep_their_ce_id() {
             assert_eq!(first.payload, record.payload);
         }
     }
-    wait_for_checkpoint(&store, store.head().await.unwrap()).await;
-    let _ = stop.send(());
-    relay.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +389,7 @@ async fn a_broker_outage_longer_than_the_delivery_timeout_loses_nothing() {
         delivery_timeout: Some(Duration::from_secs(1)),
         ..config(&kafka)
     };
-    let (stop, relay) = start_relay(store.clone(), &kafka, config).await;
+    let relay = start_relay(store.clone(), &kafka, config).await;
     let mut appended = append_bookings(&store, &shows, 2, 2).await;
 
     kafka.brokers_down().unwrap();
@@ -391,15 +399,5 @@ async fn a_broker_outage_longer_than_the_delivery_timeout_loses_nothing() {
     kafka.brokers_up().unwrap();
     appended.extend(append_bookings(&store, &[Uuid::now_v7()], 2, 2).await);
 
-    let total: usize = appended.values().map(Vec::len).sum();
-    let received = consume(
-        &kafka.bootstrap_servers,
-        "zq.booking-events",
-        total,
-        Duration::from_secs(90),
-    );
-    assert_eq!(applied_order(&received), appended);
-    wait_for_checkpoint(&store, store.head().await.unwrap()).await;
-    let _ = stop.send(());
-    relay.await.unwrap();
+    expect_all_relayed(&store, &kafka, &appended, Duration::from_secs(90), relay).await;
 }

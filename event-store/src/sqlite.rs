@@ -45,6 +45,11 @@ pub struct SqliteEventStore {
 
 impl SqliteEventStore {
     /// Open (creating if missing) the database a `sqlite://path` URL names and migrate it.
+    ///
+    /// Several processes (or stores) opening one new file at once contend for it: turning on WAL,
+    /// migrating and the first reads can meet `SQLITE_BUSY` in places where SQLite does not call
+    /// the busy handler (a read transaction upgrading to a write, WAL recovery). Those are retried
+    /// as a whole, with growing pauses, for up to [`OPEN_DEADLINE`]; any other error is returned.
     pub async fn open(database_url: &str) -> Result<SqliteEventStore, StoreError> {
         // The writer and the readers are separate connections: an in-memory database would give
         // each its own, empty one.
@@ -56,15 +61,37 @@ impl SqliteEventStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let mut writer = SqliteConnection::connect_with(&options).await?;
-        migrate(&mut writer).await?;
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        let mut attempt = 1;
+        loop {
+            match Self::open_once(&options).await {
+                Ok(store) => return Ok(store),
+                Err(error)
+                    if is_contention(&error, attempt) && started.elapsed() < OPEN_DEADLINE =>
+                {
+                    attempt += 1;
+                    tracing::debug!(%error, "SQLite database busy while opening; retrying");
+                    // Offset by the process id so that racing processes do not retry in step.
+                    let stagger = Duration::from_millis(u64::from(std::process::id() % 7));
+                    tokio::time::sleep(pause + stagger).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn open_once(options: &SqliteConnectOptions) -> Result<SqliteEventStore, StoreError> {
+        let mut writer = SqliteConnection::connect_with(options).await?;
+        MIGRATOR.run(&mut writer).await?;
         let side_writes = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
         let head = read_head(&pool).await?;
         let (hint_sender, head_hint) = watch::channel(head);
@@ -83,20 +110,19 @@ impl SqliteEventStore {
     }
 }
 
-/// SQLite's migrator takes no lock, so two processes opening a new database at once can race:
-/// the loser's migration fails as a whole (each runs in a transaction with its bookkeeping) and
-/// succeeds on a retry, which finds it applied.
-async fn migrate(connection: &mut SqliteConnection) -> Result<(), StoreError> {
-    let mut attempt = 1;
-    loop {
-        match MIGRATOR.run(&mut *connection).await {
-            Ok(()) => return Ok(()),
-            Err(_) if attempt < 5 => {
-                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error.into()),
-        }
+/// How long [`SqliteEventStore::open`] keeps retrying a database other openers keep busy.
+const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// An error of opening that another connection's work causes and a retry clears: SQLite's BUSY
+/// or LOCKED. SQLite's migrator takes no lock either, so two processes migrating a new database
+/// at once race; the loser's migration fails as a whole (each runs in a transaction with its
+/// bookkeeping, and the error can be a unique violation as well as BUSY) and a retry finds it
+/// applied. A migration that fails for its own reasons fails the same way every time, so it is
+/// retried only a few times.
+fn is_contention(error: &StoreError, attempt: u32) -> bool {
+    match error {
+        StoreError::Migration(_) => attempt < 5,
+        other => other.is_transient(),
     }
 }
 

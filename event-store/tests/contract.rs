@@ -49,6 +49,7 @@ on_both_backends!(
     a_subscription_polls_when_no_wake_up_comes,
     close_writes_what_is_queued_and_refuses_the_rest,
     checkpoints_only_move_forward,
+    many_stores_opening_one_new_database_at_once_all_succeed,
 );
 
 async fn appends_get_dense_positions_and_stream_versions(backend: Backend) {
@@ -345,6 +346,23 @@ async fn concurrent_appends_with_one_expected_version_let_exactly_one_win(backen
         }
     }
     assert_eq!(stores[0].read_stream("show", 0).await.unwrap().len(), 11);
+}
+
+async fn many_stores_opening_one_new_database_at_once_all_succeed(backend: Backend) {
+    // Processes starting together on a new database race to create and migrate it (on SQLite
+    // also to turn on WAL). Every one of them must open, and every one must see the same log.
+    for _ in 0..5 {
+        let db = TestDatabase::new(backend);
+        let stores: Vec<Arc<dyn EventStore>> =
+            futures::future::join_all((0..8).map(|_| db.open())).await;
+        stores[3]
+            .append(to("s", ExpectedVersion::NoStream, events(1)))
+            .await
+            .unwrap();
+        for store in &stores {
+            assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 1);
+        }
+    }
 }
 
 async fn a_subscription_catches_up_then_follows_live(backend: Backend) {

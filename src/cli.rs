@@ -59,11 +59,11 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run ZingQueue in one process: today the event store, a Kafka-protocol broker (in-process
-    /// unless ZQ_KAFKA_BROKERS names one) and the relay.
+    /// unless ZQ_KAFKA_BROKERS names one), the relay and the HTTP API.
     Up(UpArgs),
     /// Create or update the event store's schema, then exit.
     Migrate,
-    /// Run one component on its own (needs ZQ_KAFKA_BROKERS).
+    /// Run one component on its own, as its own process.
     Run {
         #[command(subcommand)]
         component: Component,
@@ -78,7 +78,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Component {
-    /// Publish the event store's log to zq.booking-events.
+    /// The HTTP API (commands and queries); needs the event store and ZQ_ADMIN_TOKEN.
+    Api,
+    /// Publish the event store's log to zq.booking-events (needs ZQ_KAFKA_BROKERS).
     Relay,
 }
 

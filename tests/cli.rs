@@ -12,7 +12,9 @@ fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
     command
         .args(args)
         .env_remove("ZQ_DATABASE_URL")
-        .env_remove("ZQ_DATA_DIR");
+        .env_remove("ZQ_DATA_DIR")
+        .env_remove("ZQ_KAFKA_BROKERS")
+        .env_remove("ZQ_ADMIN_TOKEN");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -88,6 +90,8 @@ fn every_command_has_help() {
         &["--help"][..],
         &["up", "--help"],
         &["bench", "store", "--help"],
+        &["run", "api", "--help"],
+        &["run", "relay", "--help"],
     ] {
         let output = zingqueue(args, &[]);
         assert!(output.status.success(), "{args:?}");
@@ -301,6 +305,20 @@ fn up_serves_the_api_with_a_generated_admin_token() {
     let endpoints: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("endpoints.json")).unwrap()).unwrap();
     assert_eq!(endpoints["api"], api.as_str());
+    for field in [
+        "api",
+        "dashboard",
+        "metrics",
+        "kafka_brokers",
+        "database_url",
+        "mail_dir",
+        "admin_token_file",
+    ] {
+        assert!(
+            endpoints.get(field).is_some(),
+            "endpoints.json lacks {field}"
+        );
+    }
 
     let (status, _) = http(&address, "GET", "/healthz", None, "");
     assert_eq!(status, 200);
@@ -315,5 +333,59 @@ fn up_serves_the_api_with_a_generated_admin_token() {
     let (status, body) = http(&address, "GET", &format!("/shows/{show_id}"), None, "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("CLI show"));
+    book_and_read_back(&address, show_id);
     interrupt(up);
+}
+
+/// `POST /bookings` (202), then `GET` it with the access token the answer gave.
+fn book_and_read_back(address: &str, show_id: &str) {
+    let booking = format!(
+        r#"{{"show_id":"{show_id}","seats":["A-1-1","A-1-2"],
+            "customer":{{"id":"c-1","email":"ada@example.com","name":"Ada"}}}}"#
+    );
+    let (status, body) = http(address, "POST", "/bookings", None, &booking);
+    assert_eq!(status, 202, "{body}");
+    let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = accepted["access_token"].as_str().unwrap();
+    let status_url = accepted["status_url"].as_str().unwrap();
+    let (status, body) = http(address, "GET", status_url, Some(token), "");
+    assert_eq!(status, 200, "{body}");
+    let read: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(read["status"], "requested");
+    assert_eq!(read["amount_cents"], 2000);
+    let (status, _) = http(address, "GET", status_url, None, "");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn run_api_serves_on_its_own_and_needs_an_admin_token() {
+    let database = testkit::postgres();
+    let output = zingqueue(
+        &["run", "api", "--listen", "127.0.0.1:0"],
+        &[("ZQ_DATABASE_URL", &database.url)],
+    );
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("ZQ_ADMIN_TOKEN"));
+
+    let (api, line) = spawn_until(
+        &["run", "api", "--listen", "127.0.0.1:0"],
+        &[
+            ("ZQ_DATABASE_URL", &database.url),
+            ("ZQ_ADMIN_TOKEN", "separate-admin"),
+        ],
+        "api:",
+    );
+    let address = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let show = r#"{"name":"Solo","starts_at":"2027-01-01T20:00:00Z","currency":"EUR",
+        "sections":[{"name":"A","rows":1,"seats_per_row":4,"price_cents":1000}]}"#;
+    let (status, body) = http(&address, "POST", "/shows", Some("separate-admin"), show);
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    book_and_read_back(&address, created["show_id"].as_str().unwrap());
+    interrupt(api);
 }

@@ -23,11 +23,16 @@ impl AdminToken {
     /// another one.
     pub fn require(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(presented.as_bytes(), self.0.as_bytes()) {
+        if self.matches(presented) {
             Ok(())
         } else {
             Err(ApiError::Forbidden)
         }
+    }
+
+    /// Whether `presented` is the admin token (in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(presented.as_bytes(), self.0.as_bytes())
     }
 }
 
@@ -48,7 +53,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compare without an early exit: the time depends on the lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut difference = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);

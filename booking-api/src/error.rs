@@ -6,7 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::{DomainError, ErrorKind};
 use event_store::StoreError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -18,6 +19,8 @@ pub enum ApiError {
     Forbidden,
     #[error("{0}")]
     NotFound(String),
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("the body is larger than {limit} bytes")]
@@ -28,17 +31,24 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("the service is unavailable: {0}")]
     Unavailable(String),
+    /// Too many commands at once: the client should retry after `Retry-After`.
+    #[error("overloaded: {0}; retry shortly")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error answer (RFC 9457 problem details).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A stable URI per kind of failure.
     #[serde(rename = "type")]
-    problem_type: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    pub problem_type: String,
+    /// The HTTP reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// What exactly was wrong, for a human.
+    pub detail: String,
 }
 
 impl ApiError {
@@ -48,11 +58,12 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,11 +75,13 @@ impl ApiError {
             ApiError::Unauthorized => "https://zingqueue.dev/problems/unauthorized",
             ApiError::Forbidden => "https://zingqueue.dev/problems/forbidden",
             ApiError::NotFound(_) => "https://zingqueue.dev/problems/not-found",
+            ApiError::MethodNotAllowed => "https://zingqueue.dev/problems/method-not-allowed",
             ApiError::Conflict(_) => "https://zingqueue.dev/problems/conflict",
             ApiError::PayloadTooLarge { .. } => "https://zingqueue.dev/problems/too-large",
             ApiError::UnsupportedMediaType(_) => "https://zingqueue.dev/problems/not-json",
             ApiError::Unprocessable(_) => "https://zingqueue.dev/problems/invalid",
             ApiError::Unavailable(_) => "https://zingqueue.dev/problems/unavailable",
+            ApiError::Overloaded(_) => "https://zingqueue.dev/problems/overloaded",
             ApiError::Internal(_) => "https://zingqueue.dev/problems/internal",
         }
     }
@@ -85,8 +98,8 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let problem = Problem {
-            problem_type: self.problem_type(),
-            title: status.canonical_reason().unwrap_or("error"),
+            problem_type: self.problem_type().to_string(),
+            title: status.canonical_reason().unwrap_or("error").to_string(),
             status: status.as_u16(),
             detail,
         };

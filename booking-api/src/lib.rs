@@ -1,25 +1,35 @@
 //! # booking-api
 //!
 //! ZingQueue's HTTP API (axum), with the routes, roles, shapes and status codes of API.md. The
-//! command side only appends events to the store: it never waits for Kafka, Redis or payment.
-//!
-//! This crate is being built route by route. Today it serves `POST /shows` (admin),
-//! `GET /shows/{show_id}`, `GET /shows/{show_id}/seats`, `/healthz` and `/readyz`; bookings, seat maps, idempotency and the
-//! OpenAPI document come next (issue "Booking command API, outbox relay …").
+//! command side only appends events to the store (the store's writer gathers concurrent appends
+//! into one transaction): it never waits for Kafka, Redis or payment. Queries fold the streams
+//! until the projections' read models replace them.
 //!
 //! Layout:
-//! - [`error`]: `ApiError`, every failure as `application/problem+json` (RFC 9457).
+//! - [`router`]: the state, the routes and the 1 MiB body limit; [`serve`] with graceful shutdown.
+//! - [`shows`]: `POST /shows` (admin), `GET /shows/{id}`, `GET /shows/{id}/seats`.
+//! - [`bookings`]: `POST /bookings`, `GET /bookings/{id}`, `DELETE /bookings/{id}`.
+//! - [`idempotency`]: `Idempotency-Key`: derived ids, request fingerprints, in-flight keys.
+//! - [`access`]: booking access tokens (derived, only their hash stored) and who may see what.
 //! - [`auth`]: the admin bearer token, compared in constant time.
-//! - [`json`]: the JSON body extractor whose rejections are precise 400/413/415 problems.
-//! - [`shows`]: the show routes.
+//! - [`admission`]: the bound on commands in flight (503 with `Retry-After` beyond it).
+//! - [`streams`]: shows and bookings folded from their streams.
+//! - [`error`]: `ApiError`, every failure as `application/problem+json` (RFC 9457).
+//! - [`json`]: the JSON body extractor whose rejections are precise 400/413/415/422 problems.
+//! - [`openapi`]: `GET /openapi.json` (utoipa), from the handlers' annotations.
 //! - [`health`]: liveness and readiness.
-//! - [`router`]: the state and the router, with the 1 MiB body limit.
 
+pub mod access;
+pub mod admission;
 pub mod auth;
+pub mod bookings;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod json;
+pub mod openapi;
 pub mod router;
 pub mod shows;
+pub mod streams;
 
 pub use router::{ApiState, router, serve};

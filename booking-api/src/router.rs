@@ -7,17 +7,43 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use event_store::EventStore;
 
+use crate::access::BookingTokens;
+use crate::admission::CommandAdmission;
 use crate::auth::AdminToken;
 use crate::error::ApiError;
-use crate::{health, shows};
+use crate::idempotency::InFlightKeys;
+use crate::{bookings, health, openapi, shows};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// What every handler shares. Cloning is cheap (handles only).
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn EventStore>,
     pub admin: AdminToken,
+    pub tokens: BookingTokens,
+    pub admission: CommandAdmission,
+    pub in_flight: InFlightKeys,
+}
+
+impl ApiState {
+    /// The state for a store and an admin token, with the default command capacity.
+    pub fn new(store: Arc<dyn EventStore>, admin: AdminToken) -> ApiState {
+        ApiState {
+            store,
+            tokens: BookingTokens::derived_from(&admin),
+            admin,
+            admission: CommandAdmission::default(),
+            in_flight: InFlightKeys::default(),
+        }
+    }
+
+    /// The same, admitting at most `capacity` commands at once.
+    pub fn with_command_capacity(mut self, capacity: usize) -> ApiState {
+        self.admission = CommandAdmission::new(capacity);
+        self
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -25,9 +51,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/shows", post(shows::create_show))
         .route("/shows/{show_id}", get(shows::get_show))
         .route("/shows/{show_id}/seats", get(shows::get_seats))
+        .route("/bookings", post(bookings::request_booking))
+        .route(
+            "/bookings/{booking_id}",
+            get(bookings::get_booking).delete(bookings::cancel_booking),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -5,40 +5,46 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use domain::show::{self, ScheduleShow, Section};
-use domain::{Currency, DomainEvent, EventEnvelope, ShowCommand, ShowId, ShowState};
+use domain::{Currency, EventEnvelope, ShowCommand, ShowId};
 use event_store::{ExpectedVersion, NewEvent, StreamAppend};
-use infra::stored_events::{decode, to_new_event};
+use infra::stored_events::to_new_event;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{Span, field, info};
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::json::Json;
 use crate::router::ApiState;
+use crate::streams::load_show;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreateShow {
     pub name: String,
     pub starts_at: DateTime<Utc>,
+    /// ISO 4217, e.g. `EUR`.
     pub currency: String,
     pub sections: Vec<SectionBody>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SectionBody {
+    /// `[A-Za-z0-9]{1,16}`: the first part of the section's seat ids.
     pub name: String,
     pub rows: u32,
     pub seats_per_row: u32,
     pub price_cents: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShowCreated {
+    #[schema(value_type = String, format = Uuid)]
     pub show_id: ShowId,
     pub seat_count: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShowView {
+    #[schema(value_type = String, format = Uuid)]
     pub show_id: ShowId,
     pub name: String,
     pub starts_at: DateTime<Utc>,
@@ -47,14 +53,35 @@ pub struct ShowView {
     pub sections: Vec<SectionBody>,
 }
 
+/// Schedule a show (admin).
+#[utoipa::path(
+    post,
+    path = "/shows",
+    tag = "shows",
+    request_body = CreateShow,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = ShowCreated,
+            headers(("Location" = String, description = "The show's URL"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid show (sections, prices, currency, names)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "command.schedule_show", skip_all, fields(show_id = field::Empty))]
 pub async fn create_show(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Json(body): Json<CreateShow>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.admin.require(&headers)?;
+    let _admitted = state.admission.admit()?;
     let currency: Currency = body.currency.parse()?;
     let show_id = ShowId::new();
+    Span::current().record("show_id", field::display(show_id));
     let command = ShowCommand::Schedule(ScheduleShow {
         show_id,
         name: body.name,
@@ -100,12 +127,25 @@ pub async fn create_show(
     ))
 }
 
+/// A show's details (public).
+#[utoipa::path(
+    get,
+    path = "/shows/{show_id}",
+    tag = "shows",
+    params(("show_id" = String, Path, format = Uuid)),
+    responses(
+        (status = 200, body = ShowView),
+        (status = 400, description = "Malformed show id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such show", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "query.get_show", skip_all, fields(show_id = %show_id))]
 pub async fn get_show(
     State(state): State<ApiState>,
     Path(show_id): Path<String>,
 ) -> Result<axum::Json<ShowView>, ApiError> {
     let show_id = parse_show_id(&show_id)?;
-    let show = load_show(&state, show_id)
+    let show = load_show(&*state.store, show_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
     Ok(axum::Json(ShowView {
@@ -127,25 +167,40 @@ pub async fn get_show(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SeatMap {
+    #[schema(value_type = String, format = Uuid)]
     pub show_id: ShowId,
     pub seats: Vec<SeatView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SeatView {
     pub seat: String,
     /// `free` or `sold` (held seats live in seat-lock's hold store, not yet built).
-    pub state: &'static str,
+    pub state: String,
     /// Only for the admin (API.md: the public seat map carries no booking ids).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub booking_id: Option<domain::BookingId>,
 }
 
 /// `GET /shows/{show_id}/seats`: every seat in order, with its state; the admin also sees which
 /// booking owns a sold seat. A request with a token that is not the admin's is refused rather
 /// than silently served the public map.
+#[utoipa::path(
+    get,
+    path = "/shows/{show_id}/seats",
+    tag = "shows",
+    params(("show_id" = String, Path, format = Uuid)),
+    responses(
+        (status = 200, body = SeatMap),
+        (status = 400, description = "Malformed show id", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A bearer token that is not the admin's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such show", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "query.get_seats", skip_all, fields(show_id = %show_id))]
 pub async fn get_seats(
     State(state): State<ApiState>,
     Path(show_id): Path<String>,
@@ -159,7 +214,7 @@ pub async fn get_seats(
         None => false,
     };
     let show_id = parse_show_id(&show_id)?;
-    let show = load_show(&state, show_id)
+    let show = load_show(&*state.store, show_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
     let seats = show
@@ -168,7 +223,7 @@ pub async fn get_seats(
             let owner = show.owner_of(&seat);
             SeatView {
                 seat: seat.to_string(),
-                state: if owner.is_some() { "sold" } else { "free" },
+                state: if owner.is_some() { "sold" } else { "free" }.to_string(),
                 booking_id: owner.filter(|_| is_admin),
             }
         })
@@ -176,27 +231,7 @@ pub async fn get_seats(
     Ok(axum::Json(SeatMap { show_id, seats }))
 }
 
-fn parse_show_id(text: &str) -> Result<ShowId, ApiError> {
+pub(crate) fn parse_show_id(text: &str) -> Result<ShowId, ApiError> {
     text.parse()
         .map_err(|_| ApiError::BadRequest(format!("{text:?} is not a show id")))
-}
-
-/// A show's state, folded from its stream (the read models of a later issue replace this).
-pub async fn load_show(state: &ApiState, show_id: ShowId) -> Result<ShowState, ApiError> {
-    let recorded = state.store.read_stream(&show_id.stream_id(), 0).await?;
-    let mut show = None;
-    for event in &recorded {
-        match decode(event) {
-            Ok(DomainEvent::Show(event)) => show = show::evolve(show, &event),
-            Ok(other) => {
-                return Err(ApiError::Internal(format!(
-                    "show stream {show_id} holds {}",
-                    other.event_type()
-                )));
-            }
-            Err(error) if error.source.is_unknown_type() => {}
-            Err(error) => return Err(ApiError::Internal(error.to_string())),
-        }
-    }
-    Ok(show)
 }

@@ -1,87 +1,11 @@
 //! The show routes, roles and error cases of API.md, against a real Postgres event store.
 
-use std::sync::Arc;
+mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use booking_api::auth::AdminToken;
-use booking_api::{ApiState, router};
+use common::*;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const ADMIN: &str = "test-admin-token";
-
-async fn app() -> (axum::Router, Arc<dyn event_store::EventStore>) {
-    let database = testkit::postgres();
-    let store = event_store::open(&database.url).await.unwrap();
-    let state = ApiState {
-        store: store.clone(),
-        admin: AdminToken::new(ADMIN),
-    };
-    (router(state), store)
-}
-
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    location: Option<String>,
-    body: Value,
-}
-
-async fn send(app: &axum::Router, request: Request<Body>) -> Answer {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let header_text = |name| {
-        response
-            .headers()
-            .get(name)
-            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_string())
-    };
-    let content_type = header_text(header::CONTENT_TYPE).unwrap_or_default();
-    let location = header_text(header::LOCATION);
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        content_type,
-        location,
-        body,
-    }
-}
-
-fn post_show(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
-    let mut request = Request::post("/shows").header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    request.body(body.into()).unwrap()
-}
-
-fn valid_show() -> Value {
-    json!({
-        "name": "Flash Sale Live",
-        "starts_at": "2027-03-01T20:00:00Z",
-        "currency": "EUR",
-        "sections": [
-            {"name": "A", "rows": 10, "seats_per_row": 20, "price_cents": 4500},
-            {"name": "VIP", "rows": 2, "seats_per_row": 5, "price_cents": 12000}
-        ]
-    })
-}
-
-fn assert_problem(answer: &Answer, status: StatusCode, detail_contains: &str) {
-    assert_eq!(answer.status, status, "{:?}", answer.body);
-    assert_eq!(answer.content_type, "application/problem+json");
-    assert_eq!(answer.body["status"], status.as_u16());
-    assert!(answer.body["type"].is_string() && answer.body["title"].is_string());
-    let detail = answer.body["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains(detail_contains),
-        "detail {detail:?} should mention {detail_contains:?}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_creates_a_show_and_anyone_reads_it() {

@@ -122,6 +122,30 @@ pub struct BookingRequested {
     pub payment_method: Option<String>,
     pub amount: Money,
     pub requested_at: DateTime<Utc>,
+    /// How the holder proves who they are and how a repeated request is recognised. Added
+    /// after v1 was first written: older events read as "no token, no key".
+    #[serde(default)]
+    pub access: BookingAccess,
+}
+
+/// What the API recorded about the request itself, so that the log alone can check a holder's
+/// token and answer a repeated request the way it answered the first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingAccess {
+    /// SHA-256 (hex) of the access token handed to the client once; the token is never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_sha256: Option<String>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request that first used it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// SHA-256 (hex) of the request body as canonical JSON.
+    pub request_sha256: String,
 }
 
 /// `booking.seats_held.v1`: seat-lock holds the seats until `expires_at`.
@@ -303,10 +327,14 @@ pub struct RequestBooking {
     pub payment_method: Option<String>,
     pub amount: Money,
     pub requested_at: DateTime<Utc>,
+    pub access: BookingAccess,
 }
 
 /// A command on a booking stream. Apart from `Request`, commands address the booking whose
 /// state they are decided against.
+// A command lives for one decision and is never stored in bulk: its size does not matter, and
+// boxing the request would only make every caller's construction noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BookingCommand {
     /// Create the booking (API).
@@ -408,6 +436,7 @@ pub struct Booking {
     payment_method: Option<String>,
     amount: Money,
     requested_at: DateTime<Utc>,
+    access: BookingAccess,
     phase: Phase,
     hold_expires_at: Option<DateTime<Utc>>,
     taken_seats: BTreeSet<SeatId>,
@@ -447,6 +476,11 @@ impl Booking {
 
     pub fn requested_at(&self) -> DateTime<Utc> {
         self.requested_at
+    }
+
+    /// The token hash and idempotency key recorded with the request.
+    pub fn access(&self) -> &BookingAccess {
+        &self.access
     }
 
     pub fn status(&self) -> BookingStatus {
@@ -536,6 +570,7 @@ impl Booking {
             payment_method: event.payment_method.clone(),
             amount: event.amount,
             requested_at: event.requested_at,
+            access: event.access.clone(),
             phase: Phase::Requested,
             hold_expires_at: None,
             taken_seats: BTreeSet::new(),
@@ -986,6 +1021,7 @@ fn request_booking(request: RequestBooking) -> Result<Vec<BookingEvent>, DomainE
         payment_method: request.payment_method,
         amount: request.amount,
         requested_at: request.requested_at,
+        access: request.access,
     })])
 }
 

@@ -40,6 +40,7 @@
 //!     payment_method: None,
 //!     amount: Money::new(4500, "EUR".parse()?),
 //!     requested_at: chrono::Utc::now(),
+//!     access: Default::default(),
 //! };
 //! let events = booking::decide(&None, BookingCommand::Request(request))?;
 //! let state = events.iter().fold(None, booking::evolve);

@@ -125,6 +125,7 @@ fn the_json_shapes_are_the_contract() {
             "payment_method": "sim_ok",
             "amount": {"amount_minor": 10000, "currency": "EUR"},
             "requested_at": "2030-05-01T20:00:00Z",
+            "access": {},
         })
     );
     assert_eq!(
@@ -171,6 +172,7 @@ fn every_type_keeps_its_field_names() {
         (
             "booking.requested.v1",
             &[
+                "access",
                 "amount",
                 "booking_id",
                 "customer",
@@ -493,4 +495,34 @@ fn derived_envelopes_get_the_same_ids_on_redelivery() {
     assert_eq!(first[1].event_id, EventId::derived(cause, "seat-lock", 1));
     assert_eq!(first[1].causation_id, Some(cause));
     assert_eq!(first[1].correlation_id, correlation);
+}
+
+#[test]
+fn a_booking_requested_written_before_access_was_recorded_reads_as_no_token_and_no_key() {
+    let mut written: Value =
+        serde_json::from_str(&DomainEvent::from(requested()).to_json_string()).unwrap();
+    written.as_object_mut().unwrap().remove("access");
+    let decoded =
+        DomainEvent::decode(event_types::BOOKING_REQUESTED, &written.to_string()).unwrap();
+    let DomainEvent::Booking(BookingEvent::Requested(requested)) = decoded else {
+        panic!("decoded {decoded:?}");
+    };
+    assert_eq!(requested.access, domain::booking::BookingAccess::default());
+}
+
+#[test]
+fn a_booking_requested_keeps_its_token_hash_and_idempotency_key() {
+    let BookingEvent::Requested(mut event) = requested() else {
+        unreachable!()
+    };
+    event.access = domain::booking::BookingAccess {
+        access_token_sha256: Some("ab".repeat(32)),
+        idempotency: Some(domain::booking::IdempotencyRecord {
+            key: "order-17".into(),
+            request_sha256: "cd".repeat(32),
+        }),
+    };
+    let stored = DomainEvent::from(BookingEvent::Requested(event.clone()));
+    let decoded = DomainEvent::decode(stored.event_type(), &stored.to_json_string()).unwrap();
+    assert_eq!(decoded, DomainEvent::from(BookingEvent::Requested(event)));
 }

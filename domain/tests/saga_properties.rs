@@ -160,6 +160,7 @@ impl World {
             payment_method: None,
             amount: priced.amount,
             requested_at: at(0),
+            access: Default::default(),
         });
         // A retried request is already recorded.
         let events = self

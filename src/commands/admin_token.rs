@@ -28,7 +28,7 @@ pub fn resolve(
         anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
         return Ok((AdminToken::new(token), Some(path)));
     }
-    // 256 random bits (two version-4 UUIDs come from the OS's random source).
+    // 244 random bits: two version-4 UUIDs, whose random parts come from the OS's source.
     let token = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),

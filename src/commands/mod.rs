@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod admin_token;
+pub mod api;
 pub mod dev_broker;
 pub mod migrate;
 pub mod relay;

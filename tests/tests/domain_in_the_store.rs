@@ -128,6 +128,7 @@ async fn domain_events_round_trip_and_fold_back_into_state(store: Arc<dyn EventS
             payment_method: Some("sim_ok".into()),
             amount: priced.amount,
             requested_at: Utc::now(),
+            access: Default::default(),
         }),
     )
     .unwrap();

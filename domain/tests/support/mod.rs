@@ -179,6 +179,7 @@ pub fn request() -> RequestBooking {
         payment_method: Some("sim_ok".into()),
         amount: amount(),
         requested_at: at(0),
+        access: Default::default(),
     }
 }
 
@@ -192,6 +193,7 @@ pub fn requested() -> BookingEvent {
         payment_method: request.payment_method,
         amount: request.amount,
         requested_at: request.requested_at,
+        access: request.access,
     })
 }
 

@@ -99,6 +99,33 @@ pub enum BenchCommand {
     /// Relay throughput and store → Kafka latency, on Postgres and on the embedded default, with
     /// and without rolled-back appends.
     Relay(RelayBenchArgs),
+    /// POST /bookings through HTTP at several connection counts, on Postgres and on the embedded
+    /// default, beside pgbench's one-row INSERTs and raw SQLite inserts measured in the same run.
+    Api(ApiBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiBenchArgs {
+    /// Postgres to measure on (an empty database you can write to). Without it only the embedded
+    /// default (SQLite) is measured.
+    #[arg(long, env = "ZQ_BENCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Keep-alive connections of the closed-loop load, one measurement per count.
+    #[arg(long, value_delimiter = ',', default_values_t = [64u16, 256])]
+    pub connections: Vec<u16>,
+
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
+
+    /// Measure Postgres only.
+    #[arg(long)]
+    pub skip_sqlite: bool,
 }
 
 #[derive(Debug, Clone, Args)]

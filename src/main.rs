@@ -26,5 +26,6 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::DevBroker => commands::dev_broker::run(&cli.global).await,
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,
+        cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,
     }
 }

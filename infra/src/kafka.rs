@@ -60,6 +60,20 @@ impl KafkaTopicAdmin {
 #[async_trait]
 impl TopicAdmin for KafkaTopicAdmin {
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), TopicError> {
+        // A topic that exists is only checked: some brokers (librdkafka's mock cluster behind
+        // `zingqueue dev-broker`) have no CreateTopics API, and a cluster may forbid creation.
+        // Listing every topic, rather than asking for this one, never auto-creates it.
+        let existing = self
+            .admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?;
+        if existing
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none())
+        {
+            return check_partitions(self.admin.inner(), topic, partitions);
+        }
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         for result in self.admin.create_topics([&new_topic], &options).await? {

@@ -2,6 +2,7 @@
 //! the same run, so that a shared, noisy machine still gives a fair ratio. Every figure is the
 //! median of several runs (all runs are printed too).
 
+pub mod api;
 pub mod ceiling;
 pub mod relay;
 pub mod store;

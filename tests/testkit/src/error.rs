@@ -13,6 +13,12 @@ pub enum TestkitError {
         variable: &'static str,
     },
 
+    #[error("testkit: {server} is not installed. Install it with {install}.")]
+    NotBuilt {
+        server: &'static str,
+        install: &'static str,
+    },
+
     #[error("testkit: {server} did not start: {reason}")]
     StartFailed {
         server: &'static str,

@@ -20,6 +20,8 @@ pub struct KafkaBroker {
     /// `host:port[,host:port]`: the `bootstrap.servers` to give clients.
     pub bootstrap_servers: String,
     mock: Option<MockThread>,
+    /// A broker process testkit started (nisshi), stopped with this value.
+    _process: Option<crate::nisshi::NisshiProcess>,
 }
 
 struct MockThread {
@@ -55,6 +57,7 @@ pub fn try_kafka() -> Result<KafkaBroker, TestkitError> {
         return Ok(KafkaBroker {
             bootstrap_servers,
             mock: None,
+            _process: None,
         });
     }
     let (started, bootstrap) = mpsc::channel();
@@ -80,6 +83,7 @@ pub fn try_kafka() -> Result<KafkaBroker, TestkitError> {
             requests,
             thread: Some(thread),
         }),
+        _process: None,
     })
 }
 
@@ -125,6 +129,18 @@ fn run_mock_cluster(
 }
 
 impl KafkaBroker {
+    /// A broker in a process testkit started; it stops when this value is dropped.
+    pub(crate) fn external_process(
+        bootstrap_servers: String,
+        process: crate::nisshi::NisshiProcess,
+    ) -> KafkaBroker {
+        KafkaBroker {
+            bootstrap_servers,
+            mock: None,
+            _process: Some(process),
+        }
+    }
+
     /// Whether this is the in-process mock cluster (which can inject failures).
     pub fn is_mock(&self) -> bool {
         self.mock.is_some()
@@ -206,7 +222,7 @@ impl Drop for KafkaBroker {
 }
 
 /// Ask the brokers for their metadata, so that a wrong address fails here with testkit's message.
-fn check_brokers_answer(bootstrap_servers: &str) -> Result<(), String> {
+pub(crate) fn check_brokers_answer(bootstrap_servers: &str) -> Result<(), String> {
     let client: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers)
         .create()

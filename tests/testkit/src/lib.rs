@@ -9,6 +9,8 @@
 //! - [`redis()`]: a throwaway `redis-server`, one per test binary, a database index per test.
 //! - [`kafka()`]: librdkafka's mock cluster, in-process on its own thread (its handle is not
 //!   `Send`), speaking the Kafka protocol on loopback; a new one per call.
+//! - [`nisshi()`]: nisshi 0.8.1, an independent Kafka implementation, in its own process; a new
+//!   one per call. [`java_partition`] is the Java client's partitioner, to check keys against.
 //!
 //! Where `ZQ_TEST_DATABASE_URL` / `ZQ_TEST_REDIS_URL` / `ZQ_TEST_KAFKA_BROKERS` are set, those
 //! servers are used instead (still a fresh database per test). With `ZQ_TEST_CONTAINERS=1` and the
@@ -20,17 +22,21 @@
 //! function logs (to stderr, shown for failing tests) which server the test got.
 //!
 //! Layout: `process` (starting, watching and stopping server processes), `postgres`, `redis`,
-//! `kafka`, `containers`.
+//! `kafka`, `nisshi`, `murmur2`, `containers`.
 
 mod containers;
 mod error;
 mod kafka;
+mod murmur2;
+mod nisshi;
 mod postgres;
 mod process;
 mod redis;
 
 pub use error::TestkitError;
 pub use kafka::{KafkaBroker, try_kafka};
+pub use murmur2::java_partition;
+pub use nisshi::{NISSHI_VERSION, try_nisshi};
 pub use postgres::{PostgresDatabase, try_postgres};
 pub use redis::{RedisDatabase, try_redis};
 
@@ -47,6 +53,12 @@ pub fn redis() -> RedisDatabase {
 /// A Kafka-protocol broker for this test. Panics when none can be had.
 pub fn kafka() -> KafkaBroker {
     try_kafka().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A fresh nisshi broker (an independent Kafka implementation) in its own process. Panics with
+/// how to install it when it is missing.
+pub fn nisshi() -> KafkaBroker {
+    try_nisshi().unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// The name of the running test, for the log line that says which server it used.

@@ -1,0 +1,129 @@
+//! What the binary's tests share: running `zingqueue` as a process, reading what it prints,
+//! stopping it as Ctrl-C would, and one HTTP/1.1 exchange.
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
+    command
+        .args(args)
+        .env_remove("ZQ_DATABASE_URL")
+        .env_remove("ZQ_DATA_DIR")
+        .env_remove("ZQ_KAFKA_BROKERS")
+        .env_remove("ZQ_ADMIN_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Start `zingqueue` in the background and read its stdout until a line starts with `prefix`;
+/// returns the process and the rest of that line.
+pub fn spawn_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> (Running, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
+    command
+        .args(args)
+        .env_remove("ZQ_DATABASE_URL")
+        .env_remove("ZQ_DATA_DIR")
+        .env_remove("ZQ_KAFKA_BROKERS")
+        .env_remove("ZQ_ADMIN_TOKEN")
+        .stdout(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.trim_start().strip_prefix(prefix) {
+                    break Some(rest.trim().to_string());
+                }
+            }
+            _ => break None,
+        }
+    };
+    match found {
+        Some(rest) => {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            (Running(Some(child)), rest)
+        }
+        None => {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the process exited ({status:?}) without printing {prefix:?}");
+        }
+    }
+}
+
+/// A `zingqueue` process started by a test; killed if the test ends (or panics) without
+/// [`interrupt`]ing it, so that no server outlives its test.
+pub struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Ask the process to stop as Ctrl-C would, and wait (bounded) for a clean exit.
+pub fn interrupt(mut running: Running) {
+    // The child stays in `running`, so that a failed wait below still kills it on drop.
+    let Some(child) = running.0.as_mut() else {
+        return;
+    };
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit after Ctrl-C: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no exit within 20 s of Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 exchange over a plain socket: (status, body).
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}

@@ -352,7 +352,7 @@ fn booking_request(show_id: &str, client: usize, request: u64) -> String {
         format!("S{section}-{row}-{number}")
     };
     let mut seats = vec![seat(first)];
-    if mixed % 2 == 0 {
+    if mixed.is_multiple_of(2) {
         seats.push(seat((first + 1) % seat_count));
     }
     serde_json::json!({

@@ -112,19 +112,19 @@ pub struct ApiBenchArgs {
     pub postgres_url: Option<String>,
 
     /// Keep-alive connections of the closed-loop load, one measurement per count.
-    #[arg(long, value_delimiter = ',', default_values_t = [64u16, 256])]
+    #[arg(long, env = "ZQ_BENCH_CONNECTIONS", value_delimiter = ',', default_values_t = [64u16, 256])]
     pub connections: Vec<u16>,
 
     /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
 
     /// How many times each figure is measured; the median is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     pub runs: u16,
 
     /// Measure Postgres only.
-    #[arg(long)]
+    #[arg(long, env = "ZQ_BENCH_SKIP_SQLITE")]
     pub skip_sqlite: bool,
 }
 
@@ -136,19 +136,19 @@ pub struct RelayBenchArgs {
     pub postgres_url: Option<String>,
 
     /// Events per second the writers offer (open loop).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "ZQ_BENCH_RATE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate: u32,
 
     /// Seconds each measurement offers load.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
 
     /// How many times each figure is measured; the median is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     pub runs: u16,
 
     /// Share of appends that roll back in the second measurement.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=50))]
+    #[arg(long, env = "ZQ_BENCH_ROLLBACK_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=50))]
     pub rollback_percent: u8,
 }
 
@@ -160,30 +160,30 @@ pub struct StoreBenchArgs {
     pub postgres_url: Option<String>,
 
     /// Seconds each append measurement runs.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub seconds: u64,
 
     /// How many times each figure is measured; the median is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     pub runs: u16,
 
     /// Events in the log for the read measurement.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, env = "ZQ_BENCH_READ_EVENTS", default_value_t = 1_000_000)]
     pub read_events: u64,
 
     /// Concurrent writers for one-event appends.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_WRITERS", value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u16).range(1..))]
     pub writers: Vec<u16>,
 
     /// Concurrent writers for 100-event appends.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ZQ_BENCH_BATCH_WRITERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_writers: u16,
 
     /// Skip the SQLite figures.
-    #[arg(long)]
+    #[arg(long, env = "ZQ_BENCH_SKIP_SQLITE")]
     pub skip_sqlite: bool,
 
     /// Folder for the SQLite databases (default: a temporary folder).
-    #[arg(long)]
+    #[arg(long, env = "ZQ_BENCH_SQLITE_DIR")]
     pub sqlite_dir: Option<PathBuf>,
 }

@@ -18,7 +18,7 @@ use event_store::{ExpectedVersion, NewEvent, StoreError, StreamAppend};
 use infra::stored_events::to_new_event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{Span, field, info};
+use tracing::{Span, debug, field};
 use utoipa::ToSchema;
 
 use crate::access::{Caller, authorize, sha256_hex};
@@ -28,7 +28,7 @@ use crate::idempotency::{self, InFlightGuard};
 use crate::json::Json;
 use crate::router::ApiState;
 use crate::shows::parse_show_id;
-use crate::streams::{LoadedBooking, load_booking, load_show};
+use crate::streams::{LoadedBooking, load_booking};
 
 /// Attempts at a cancellation that keeps meeting concurrent appends to the same booking.
 const CANCEL_ATTEMPTS: usize = 5;
@@ -171,7 +171,9 @@ pub async fn request_booking(
         &request.customer.email,
         &request.customer.name,
     )?;
-    let show = load_show(&*state.store, show_id)
+    let show = state
+        .catalog
+        .show(&*state.store, show_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
     let priced = show.price_seats(&seats)?;
@@ -244,7 +246,7 @@ pub async fn request_booking(
     match appended {
         Ok(result) if !result.was_repeat => {
             let log_position = result.last_position().0;
-            info!(%booking_id, %show_id, log_position, "booking requested");
+            debug!(%booking_id, %show_id, log_position, "booking requested");
             Ok(accepted(booking_id, access_token, log_position))
         }
         // Another request with the same key (another process, or the same group-commit batch)
@@ -307,7 +309,7 @@ fn replay(
     let booking_id = existing.booking.booking_id();
     match &existing.booking.access().idempotency {
         Some(record) if record.key == key && record.request_sha256 == fingerprint => {
-            info!(%booking_id, "repeated booking request answered as before");
+            debug!(%booking_id, "repeated booking request answered as before");
             Ok(accepted(
                 booking_id,
                 state.tokens.token_for(booking_id),
@@ -432,7 +434,7 @@ pub async fn cancel_booking(
             .await;
         match appended {
             Ok(result) => {
-                info!(%booking_id, ?by, "booking cancelled");
+                debug!(%booking_id, ?by, "booking cancelled");
                 return Ok((
                     StatusCode::ACCEPTED,
                     axum::Json(CancellationAccepted {

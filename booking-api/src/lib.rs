@@ -14,6 +14,7 @@
 //! - [`auth`]: the admin bearer token, compared in constant time.
 //! - [`admission`]: the bound on commands in flight (503 with `Retry-After` beyond it).
 //! - [`streams`]: shows and bookings folded from their streams.
+//! - [`catalog`]: shows kept in memory for pricing booking requests (their prices never change).
 //! - [`error`]: `ApiError`, every failure as `application/problem+json` (RFC 9457).
 //! - [`json`]: the JSON body extractor whose rejections are precise 400/413/415/422 problems.
 //! - [`openapi`]: `GET /openapi.json` (utoipa), from the handlers' annotations.
@@ -23,6 +24,7 @@ pub mod access;
 pub mod admission;
 pub mod auth;
 pub mod bookings;
+pub mod catalog;
 pub mod error;
 pub mod health;
 pub mod idempotency;

@@ -10,6 +10,7 @@ use event_store::EventStore;
 use crate::access::BookingTokens;
 use crate::admission::CommandAdmission;
 use crate::auth::AdminToken;
+use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
 use crate::{bookings, health, openapi, shows};
@@ -25,6 +26,7 @@ pub struct ApiState {
     pub tokens: BookingTokens,
     pub admission: CommandAdmission,
     pub in_flight: InFlightKeys,
+    pub catalog: ShowCatalog,
 }
 
 impl ApiState {
@@ -36,6 +38,7 @@ impl ApiState {
             admin,
             admission: CommandAdmission::default(),
             in_flight: InFlightKeys::default(),
+            catalog: ShowCatalog::default(),
         }
     }
 

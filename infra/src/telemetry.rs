@@ -3,7 +3,8 @@
 
 use tracing_subscriber::EnvFilter;
 
-const DEFAULT_FILTER: &str = "warn,zingqueue=info,infra=info,event_store=info";
+/// Per-request logs are at `debug` (a flash sale would drown the log at `info`).
+const DEFAULT_FILTER: &str = "warn,zingqueue=info,infra=info,event_store=info,booking_api=info";
 
 /// Install the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init() {

@@ -88,6 +88,47 @@ fn every_command_has_help() {
 }
 
 #[test]
+fn every_flag_has_an_environment_twin_and_help_text() {
+    for args in [
+        &["up", "--help"][..],
+        &["run", "api", "--help"],
+        &["run", "relay", "--help"],
+        &["dev-broker", "--help"],
+        &["migrate", "--help"],
+        &["bench", "store", "--help"],
+        &["bench", "relay", "--help"],
+        &["bench", "api", "--help"],
+    ] {
+        let help = text(&zingqueue(args, &[]).stdout);
+        // clap prints each option as a block: the flag line (`-x, --flag` or `--flag`), then
+        // its help text and `[env: …]`.
+        let mut blocks: Vec<String> = Vec::new();
+        for line in help.lines() {
+            if line.trim_start().starts_with('-') && line.starts_with("  ") {
+                blocks.push(String::new());
+            }
+            if let Some(block) = blocks.last_mut() {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+        blocks.retain(|block| !block.contains("--help") && !block.contains("--version"));
+        assert!(!blocks.is_empty(), "{args:?}: no options in {help}");
+        for block in blocks {
+            assert!(
+                block.contains("[env: ZQ_"),
+                "{args:?}: no environment twin: {block}"
+            );
+            let words = block
+                .split_whitespace()
+                .filter(|word| word.chars().all(char::is_alphabetic))
+                .count();
+            assert!(words >= 3, "{args:?}: no help text: {block}");
+        }
+    }
+}
+
+#[test]
 fn dev_broker_serves_the_booking_topic_to_other_processes() {
     let (broker, bootstrap) = spawn_until(&["dev-broker"], &[], "bootstrap servers:");
     let client: BaseConsumer = ClientConfig::new()

@@ -126,6 +126,10 @@ pub struct ApiBenchArgs {
     /// Measure Postgres only.
     #[arg(long, env = "ZQ_BENCH_SKIP_SQLITE")]
     pub skip_sqlite: bool,
+
+    /// Drive the load from this process even where wrk is installed.
+    #[arg(long, env = "ZQ_BENCH_BUILTIN_LOAD")]
+    pub builtin_load: bool,
 }
 
 #[derive(Debug, Clone, Args)]

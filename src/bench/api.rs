@@ -158,6 +158,18 @@ async fn measure(
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
     let show_id = create_show(address).await?;
+    // wrk (C, its own process) takes far less of the two cores than a load generator in this
+    // process, so the API gets what a real client fleet would leave it; without wrk, the built-in
+    // generator runs (same closed loop, same requests).
+    let wrk = if args.builtin_load { None } else { find_wrk() };
+    eprintln!(
+        "{backend}: load from {}",
+        if wrk.is_some() {
+            "wrk (its own process)"
+        } else {
+            "the built-in generator (in this process)"
+        }
+    );
 
     let mut results = Vec::new();
     for connections in args.connections.iter().copied().map(usize::from) {
@@ -167,7 +179,11 @@ async fn measure(
                 "{backend}: POST /bookings, {connections} connections, run {run}/{}",
                 args.runs
             );
-            runs.push(load_run(address, &show_id, connections, args.seconds).await?);
+            let run = match &wrk {
+                Some(wrk) => wrk_run(wrk, address, &show_id, connections, args.seconds).await?,
+                None => load_run(address, &show_id, connections, args.seconds).await?,
+            };
+            runs.push(run);
         }
         runs.sort_by(|a, b| a.accepted_per_second.total_cmp(&b.accepted_per_second));
         let median = &runs[runs.len() / 2];
@@ -338,6 +354,124 @@ async fn load_run(
     })
 }
 
+fn find_wrk() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("wrk"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// The same requests as [`booking_request`], built by wrk's LuaJIT per request.
+const WRK_SCRIPT: &str = r#"
+local counter = 0
+local show = os.getenv("ZQ_BENCH_SHOW")
+request = function()
+  counter = counter + 1
+  local index = (counter * 7919) % __SEATS__
+  local section = math.floor(index / __PER_SECTION__)
+  local row = math.floor((index % __PER_SECTION__) / __PER_ROW__) + 1
+  local number = index % __PER_ROW__ + 1
+  local body = string.format('{"show_id":"%s","seats":["S%d-%d-%d"],"customer":{"id":"bench-%d","email":"fan%d@example.com","name":"Bench Fan"},"payment_method":"sim_ok"}', show, section, row, number, counter % 1000, counter % 1000)
+  return wrk.format("POST", "/bookings", {["Content-Type"] = "application/json"}, body)
+end
+"#;
+
+/// One closed-loop measurement with wrk: `connections` keep-alive connections on 2 threads.
+async fn wrk_run(
+    wrk: &Path,
+    address: SocketAddr,
+    show_id: &str,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<LoadRun> {
+    let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    let per_section = ROWS * SEATS_PER_ROW;
+    let text = WRK_SCRIPT
+        .replace("__SEATS__", &(SECTIONS * per_section).to_string())
+        .replace("__PER_SECTION__", &per_section.to_string())
+        .replace("__PER_ROW__", &SEATS_PER_ROW.to_string());
+    std::fs::write(script.path(), text)?;
+    let output = tokio::process::Command::new(wrk)
+        .args(["-t2", "--latency", "-c", &connections.to_string()])
+        .args(["-d", &format!("{seconds}s"), "-s"])
+        .arg(script.path())
+        .arg(format!("http://{address}"))
+        .env("ZQ_BENCH_SHOW", show_id)
+        .output()
+        .await
+        .context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_wrk(&stdout)
+}
+
+/// Accepted/s and latency from wrk's `--latency` report. Requests that were not 2xx are
+/// counted as refused (the API answers nothing but 202 and 503 here).
+fn parse_wrk(report: &str) -> anyhow::Result<LoadRun> {
+    let field = |prefix: &str| {
+        report
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(prefix).map(str::trim))
+            .with_context(|| format!("no {prefix:?} in wrk's report: {report}"))
+    };
+    let duration_of = |text: &str| -> anyhow::Result<u64> {
+        // wrk prints e.g. 812.00us, 3.37ms, 1.02s: microseconds for the histogram.
+        let (number, unit) =
+            text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+        let value: f64 = number.parse()?;
+        let micros = match unit {
+            "us" => value,
+            "ms" => value * 1e3,
+            "s" => value * 1e6,
+            "m" => value * 60e6,
+            other => bail!("unknown unit {other:?} in wrk's report"),
+        };
+        Ok(micros.round() as u64)
+    };
+    let total: u64 = report
+        .lines()
+        .find_map(|line| {
+            let (count, rest) = line.trim().split_once(' ')?;
+            if rest.starts_with("requests in") {
+                count.parse().ok()
+            } else {
+                None
+            }
+        })
+        .context("no request count in wrk's report")?;
+    let elapsed: f64 = report
+        .lines()
+        .find_map(|line| {
+            let rest = line.split_once("requests in ")?.1;
+            rest.split(',')
+                .next()?
+                .trim()
+                .strip_suffix('s')?
+                .parse()
+                .ok()
+        })
+        .context("no duration in wrk's report")?;
+    let refused: u64 = report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map_or(Ok(0), |count| count.trim().parse())?;
+    let mut latency = Histogram::<u64>::new(3)?;
+    // wrk reports percentiles, not every sample: record the two the report quotes.
+    latency.record(duration_of(field("50%")?)?)?;
+    latency.record(duration_of(field("99%")?)?)?;
+    Ok(LoadRun {
+        accepted_per_second: (total - refused) as f64 / elapsed,
+        refused,
+        latency,
+    })
+}
+
 /// A booking of one or two seats, spread over the show, for customer `client`.
 fn booking_request(show_id: &str, client: usize, request: u64) -> String {
     // A cheap spread of seats (no RNG needed): consecutive requests land far apart.
@@ -371,6 +505,31 @@ fn booking_request(show_id: &str, client: usize, request: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let report = "Running 5s test @ http://127.0.0.1:18080
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.53ms    1.53ms  31.26ms   95.50%
+    Req/Sec     9.22k   600.00    10.00k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    4.00ms
+     90%    5.00ms
+     99%    1.02s
+  93551 requests in 5.10s, 37.10MB read
+  Non-2xx or 3xx responses: 51
+Requests/sec:  18342.94
+Transfer/sec:      7.27MB
+";
+        let run = parse_wrk(report).unwrap();
+        assert_eq!(run.refused, 51);
+        assert!((run.accepted_per_second - 93500.0 / 5.10).abs() < 0.01);
+        assert_eq!(run.latency.value_at_quantile(0.5), 812);
+        assert!((run.latency.value_at_quantile(0.99) as i64 - 1_020_000).abs() < 1000);
+        assert!(parse_wrk("garbage").is_err());
+    }
 
     #[test]
     fn booking_requests_name_existing_distinct_seats() {

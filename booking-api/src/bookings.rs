@@ -180,7 +180,8 @@ pub async fn request_booking(
     let now = Utc::now();
 
     // With a key: the booking id the key names, unless that booking answers the request already.
-    let fingerprint = idempotency::fingerprint(&body);
+    // Only a keyed request needs the body's fingerprint (canonical JSON + SHA-256).
+    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&body));
     let mut _in_flight: Option<InFlightGuard> = None;
     let (booking_id, idempotency) = match &key {
         None => (BookingId::new(), None),
@@ -191,11 +192,16 @@ pub async fn request_booking(
                     booking_id,
                     Some(IdempotencyRecord {
                         key: key.clone(),
-                        request_sha256: fingerprint.clone(),
+                        request_sha256: fingerprint.clone().unwrap_or_default(),
                     }),
                 ),
                 KeyedBooking::Existing(existing) => {
-                    return replay(&state, &existing, key, &fingerprint);
+                    return replay(
+                        &state,
+                        &existing,
+                        key,
+                        fingerprint.as_deref().unwrap_or_default(),
+                    );
                 }
             }
         }
@@ -259,7 +265,7 @@ pub async fn request_booking(
                 &state,
                 &existing,
                 key.as_deref().unwrap_or_default(),
-                &fingerprint,
+                fingerprint.as_deref().unwrap_or_default(),
             )
         }
         Ok(_) => Err(ApiError::Internal(format!(

@@ -27,10 +27,12 @@
 //! - [`postgres`], [`sqlite`]: the backends, with their embedded migrations; `row`: the stored
 //!   row both read.
 //! - [`subscription`]: following the global log.
+//! - [`ops`]: operational records beside the log: dead letters and consumer-group progress.
 //! - [`open`]: pick a backend from a database URL.
 
 pub mod error;
 pub mod event;
+pub mod ops;
 mod plan;
 pub mod postgres;
 mod row;
@@ -44,6 +46,7 @@ pub use event::{
     AppendResult, AppendedStream, EventMetadata, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamAppend,
 };
+pub use ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
 pub use postgres::PostgresEventStore;
 pub use sqlite::SqliteEventStore;
 pub use store::EventStore;

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
+use crate::ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
 use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
@@ -199,6 +200,61 @@ impl EventStore for SqliteEventStore {
     fn head_hint(&self) -> watch::Receiver<Position> {
         self.head_hint.clone()
     }
+
+    async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<(i64, bool), StoreError> {
+        operations::record_dead_letter(&self.side_writes, letter).await
+    }
+
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        operations::dead_letter(&self.pool, id).await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
+        operations::dead_letters(&self.pool, query).await
+    }
+
+    async fn request_redrive(&self, id: i64) -> Result<Option<DeadLetterStatus>, StoreError> {
+        operations::request_redrive(&self.side_writes, id).await
+    }
+
+    async fn pending_redrives(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        operations::pending_redrives(&self.pool, group, limit).await
+    }
+
+    async fn finish_redrive(&self, id: i64, failure: Option<&str>) -> Result<(), StoreError> {
+        operations::finish_redrive(&self.side_writes, id, failure).await
+    }
+
+    async fn unmirrored_dead_letters(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        operations::unmirrored_dead_letters(&self.pool, group, limit).await
+    }
+
+    async fn mark_dead_letter_mirrored(&self, id: i64) -> Result<(), StoreError> {
+        operations::mark_dead_letter_mirrored(&self.side_writes, id).await
+    }
+
+    async fn save_consumer_progress(
+        &self,
+        progress: &[ConsumerProgress],
+    ) -> Result<(), StoreError> {
+        operations::save_consumer_progress(&self.side_writes, progress).await
+    }
+
+    async fn consumer_progress(&self) -> Result<Vec<ConsumerProgress>, StoreError> {
+        operations::consumer_progress(&self.pool).await
+    }
+}
+
+mod operations {
+    crate::ops::operations!(sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
 }
 
 const SELECT_EVENTS: &str = "SELECT position, event_id, stream_id, stream_version, event_type, \

@@ -5,6 +5,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
+use crate::ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -66,4 +67,45 @@ pub trait EventStore: Send + Sync + 'static {
     /// process's through the database's notifications). Readers still poll now and then, since a
     /// notification can be lost when a connection drops.
     fn head_hint(&self) -> watch::Receiver<Position>;
+
+    // --- Operational records (see `ops`) ---------------------------------------------------
+
+    /// Store a dead letter, unless the same record (by event id, else by its place in the
+    /// topic) is stored already for the group. Returns its id and whether it is new.
+    async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<(i64, bool), StoreError>;
+
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Ask for a dead letter to be processed again by its group; idempotent. The letter's status
+    /// after the request, or `None` when there is no such letter.
+    async fn request_redrive(&self, id: i64) -> Result<Option<DeadLetterStatus>, StoreError>;
+
+    /// The group's dead letters waiting for a redrive, oldest first.
+    async fn pending_redrives(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Record a redrive's outcome: `None` resolves the letter, `Some(reason)` makes it dead again.
+    async fn finish_redrive(&self, id: i64, failure: Option<&str>) -> Result<(), StoreError>;
+
+    /// The group's dead letters not yet mirrored to their DLQ topic.
+    async fn unmirrored_dead_letters(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    async fn mark_dead_letter_mirrored(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Save consumer-group progress rows (positions only move forward; heartbeats always).
+    async fn save_consumer_progress(&self, progress: &[ConsumerProgress])
+    -> Result<(), StoreError>;
+
+    /// Every group's progress on every partition.
+    async fn consumer_progress(&self) -> Result<Vec<ConsumerProgress>, StoreError>;
 }

@@ -50,6 +50,8 @@ on_both_backends!(
     close_writes_what_is_queued_and_refuses_the_rest,
     checkpoints_only_move_forward,
     many_stores_opening_one_new_database_at_once_all_succeed,
+    a_dead_letter_is_kept_once_and_redriven_once,
+    consumer_progress_moves_forward_and_heartbeats_always,
 );
 
 async fn appends_get_dense_positions_and_stream_versions(backend: Backend) {
@@ -559,5 +561,160 @@ async fn checkpoints_only_move_forward(backend: Backend) {
     assert_eq!(
         other.checkpoint("projection").await.unwrap(),
         Some(Position(3))
+    );
+}
+
+fn poison_letter(group: &str, event_id: Option<&str>, offset: i64) -> event_store::NewDeadLetter {
+    let failed_at = Utc::now();
+    event_store::NewDeadLetter {
+        group: group.into(),
+        cause: "poison".into(),
+        reason: "expected value at line 1 column 1".into(),
+        topic: "zq.booking-events".into(),
+        partition: 3,
+        offset,
+        key: Some(b"show-1".to_vec()),
+        payload: Some(vec![0xff, b'{', b'x']),
+        headers: vec![
+            (
+                "ce_type".into(),
+                Some("zingqueue.booking.requested.v1".into()),
+            ),
+            ("empty".into(), None),
+        ],
+        event_id: event_id.map(str::to_string),
+        event_type: Some("booking.requested.v1".into()),
+        position: Some(Position(42)),
+        attempts: 1,
+        first_failed_at: failed_at,
+        last_failed_at: failed_at,
+    }
+}
+
+async fn a_dead_letter_is_kept_once_and_redriven_once(backend: Backend) {
+    use event_store::{DeadLetterQuery, DeadLetterStatus};
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let letter = poison_letter("payment", Some("e-1"), 7);
+    let (id, new) = store.record_dead_letter(&letter).await.unwrap();
+    assert!(new);
+    // The same event again, republished at another offset (an emptied embedded broker): one row.
+    let again = poison_letter("payment", Some("e-1"), 99);
+    assert_eq!(store.record_dead_letter(&again).await.unwrap(), (id, false));
+    // Without an event id, the place in the topic identifies the record.
+    let (other, new) = store
+        .record_dead_letter(&poison_letter("payment", None, 7))
+        .await
+        .unwrap();
+    assert!(new && other != id);
+    // Another group keeps its own letter of the same event.
+    let (notifier, new) = store
+        .record_dead_letter(&poison_letter("notifier", Some("e-1"), 7))
+        .await
+        .unwrap();
+    assert!(new && notifier != id);
+
+    let stored = store.dead_letter(id).await.unwrap().expect("stored");
+    assert_eq!(stored.payload, letter.payload);
+    assert_eq!(stored.key, letter.key);
+    assert_eq!(stored.headers, letter.headers);
+    assert_eq!(stored.position, Some(Position(42)));
+    assert_eq!(stored.status, DeadLetterStatus::Dead);
+    assert!(!stored.mirrored);
+    let listed = store
+        .dead_letters(&DeadLetterQuery {
+            group: Some("payment".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![other, id]
+    );
+
+    // Redrive: requested twice is one request; a failed run makes it dead again, a second
+    // request and a successful run resolve it, and a request after that changes nothing.
+    assert_eq!(
+        store.request_redrive(id).await.unwrap(),
+        Some(DeadLetterStatus::RedriveRequested)
+    );
+    assert_eq!(
+        store.request_redrive(id).await.unwrap(),
+        Some(DeadLetterStatus::RedriveRequested)
+    );
+    let pending = store.pending_redrives("payment", 10).await.unwrap();
+    assert_eq!(pending.iter().map(|l| l.id).collect::<Vec<_>>(), vec![id]);
+    assert!(
+        store
+            .pending_redrives("notifier", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .finish_redrive(id, Some("still broken"))
+        .await
+        .unwrap();
+    let failed = store.dead_letter(id).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.status, failed.attempts, failed.redrives),
+        (DeadLetterStatus::Dead, 2, 1)
+    );
+    assert_eq!(failed.reason, "still broken");
+    store.request_redrive(id).await.unwrap();
+    store.finish_redrive(id, None).await.unwrap();
+    store
+        .finish_redrive(id, Some("late duplicate run"))
+        .await
+        .unwrap();
+    let resolved = store.dead_letter(id).await.unwrap().unwrap();
+    assert_eq!(resolved.status, DeadLetterStatus::Redriven);
+    assert!(resolved.resolved_at.is_some());
+    assert_eq!(
+        store.request_redrive(id).await.unwrap(),
+        Some(DeadLetterStatus::Redriven)
+    );
+    assert_eq!(store.request_redrive(987_654).await.unwrap(), None);
+
+    // Mirroring is tracked per letter.
+    let unmirrored = store.unmirrored_dead_letters("payment", 10).await.unwrap();
+    assert_eq!(unmirrored.len(), 2);
+    store.mark_dead_letter_mirrored(id).await.unwrap();
+    let unmirrored = store.unmirrored_dead_letters("payment", 10).await.unwrap();
+    assert_eq!(
+        unmirrored.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![other]
+    );
+}
+
+async fn consumer_progress_moves_forward_and_heartbeats_always(backend: Backend) {
+    use event_store::ConsumerProgress;
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let at = |position: u64, member: &str, seconds: i64| ConsumerProgress {
+        group: "seat-lock".into(),
+        partition: 2,
+        position: Position(position),
+        member: member.into(),
+        heartbeat_at: chrono::DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap(),
+    };
+    store
+        .save_consumer_progress(&[at(10, "a", 0)])
+        .await
+        .unwrap();
+    store
+        .save_consumer_progress(&[at(7, "b", 5)])
+        .await
+        .unwrap();
+    let rows = store.consumer_progress().await.unwrap();
+    assert_eq!(rows, vec![at(10, "b", 5)]);
+    store
+        .save_consumer_progress(&[at(12, "b", 6)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.consumer_progress().await.unwrap(),
+        vec![at(12, "b", 6)]
     );
 }

@@ -7,6 +7,7 @@
 //! the embedded default ([`embedded_broker`]). The relay, the Kafka consumer runtime, topic admin, hold stores
 //! and the embedded broker join this crate as the services that need them are built.
 
+pub mod backoff;
 pub mod config;
 pub mod embedded_broker;
 pub mod kafka;

@@ -487,9 +487,9 @@ fn view(loaded: &LoadedBooking) -> BookingView {
         timeline: loaded
             .timeline
             .iter()
-            .map(|(event_type, at)| TimelineEntry {
-                event_type: event_type.clone(),
-                at: *at,
+            .map(|entry| TimelineEntry {
+                event_type: entry.event_type.clone(),
+                at: entry.recorded_at,
             })
             .collect(),
         log_position: loaded.last_position,

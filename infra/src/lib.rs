@@ -9,8 +9,10 @@
 
 pub mod backoff;
 pub mod config;
+pub mod consumer;
 pub mod embedded_broker;
 pub mod kafka;
 pub mod relay;
 pub mod stored_events;
+pub mod streams;
 pub mod telemetry;

@@ -1,1 +1,2 @@
-//! placeholder: this service arrives with issue 8.
+pub mod gateway;
+pub mod simulator;

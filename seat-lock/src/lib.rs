@@ -1,1 +1,1 @@
-//! placeholder: this service arrives with issue 8.
+//! placeholder

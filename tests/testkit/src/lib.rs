@@ -11,6 +11,8 @@
 //!   `Send`), speaking the Kafka protocol on loopback; a new one per call.
 //! - [`nisshi()`]: nisshi 0.8.1, an independent Kafka implementation, in its own process; a new
 //!   one per call. [`java_partition`] is the Java client's partitioner, to check keys against.
+//! - [`smtp()`]: a throwaway SMTP server (Debian's `python3-aiosmtpd`) that keeps every message it
+//!   receives, for reading back; a new one per call.
 //!
 //! Where `ZQ_TEST_DATABASE_URL` / `ZQ_TEST_REDIS_URL` / `ZQ_TEST_KAFKA_BROKERS` are set, those
 //! servers are used instead (still a fresh database per test). With `ZQ_TEST_CONTAINERS=1` and the
@@ -22,7 +24,7 @@
 //! function logs (to stderr, shown for failing tests) which server the test got.
 //!
 //! Layout: `process` (starting, watching and stopping server processes), `postgres`, `redis`,
-//! `kafka`, `nisshi`, `murmur2`, `containers`.
+//! `kafka`, `nisshi`, `murmur2`, `containers`, `smtp`.
 
 mod containers;
 mod error;
@@ -32,6 +34,7 @@ mod nisshi;
 mod postgres;
 mod process;
 mod redis;
+mod smtp;
 
 pub use error::TestkitError;
 pub use kafka::{KafkaBroker, try_kafka};
@@ -39,6 +42,7 @@ pub use murmur2::java_partition;
 pub use nisshi::{NISSHI_VERSION, try_nisshi};
 pub use postgres::{PostgresDatabase, try_postgres};
 pub use redis::{RedisDatabase, try_redis};
+pub use smtp::{SmtpServer, try_smtp};
 
 /// A fresh, empty database for this test. Panics with what to install when no Postgres can be had.
 pub fn postgres() -> PostgresDatabase {
@@ -59,6 +63,12 @@ pub fn kafka() -> KafkaBroker {
 /// how to install it when it is missing.
 pub fn nisshi() -> KafkaBroker {
     try_nisshi().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A fresh SMTP server that keeps what it receives. Panics with what to install when aiosmtpd is
+/// missing.
+pub fn smtp() -> SmtpServer {
+    try_smtp().unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// The name of the running test, for the log line that says which server it used.

@@ -54,6 +54,80 @@ pub struct GlobalArgs {
     #[arg(long, env = "ZQ_PARTITIONS", default_value_t = infra::kafka::DEFAULT_PARTITIONS, global = true,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
+
+    #[command(flatten)]
+    pub services: ServiceArgs,
+}
+
+/// Settings of the consumer services (seat-lock, payment, notifier).
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Redis for seat holds (redis://host:port/db). Without it, `up` keeps holds in process.
+    #[arg(long, env = "ZQ_REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// SMTP server for customer emails (smtp://host:port). Without it, mail is written to
+    /// `<data-dir>/mail/`.
+    #[arg(long, env = "ZQ_SMTP_URL", global = true, hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// How long seats are held for payment, in seconds.
+    #[arg(long, env = "ZQ_HOLD_SECONDS", default_value_t = 600, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_seconds: u64,
+
+    /// Payment simulator: latency of every provider call, in milliseconds.
+    #[arg(
+        long,
+        env = "ZQ_PAYMENT_LATENCY_MS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub payment_latency_ms: u64,
+
+    /// Payment simulator: share of payments declined (0..1) when no sim_* method is given.
+    #[arg(
+        long,
+        env = "ZQ_PAYMENT_DECLINE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub payment_decline_rate: f64,
+
+    /// Payment simulator: share of provider calls failing transiently (0..1) when no sim_*
+    /// method is given.
+    #[arg(
+        long,
+        env = "ZQ_PAYMENT_TRANSIENT_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub payment_transient_rate: f64,
+
+    /// Payment simulator: seed of its random outcomes.
+    #[arg(long, env = "ZQ_PAYMENT_SEED", default_value_t = 0, global = true)]
+    pub payment_seed: u64,
+
+    /// Payment attempts in all (the first included) before a payment counts as exhausted.
+    #[arg(long, env = "ZQ_PAYMENT_MAX_ATTEMPTS", default_value_t = 5, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub payment_max_attempts: u32,
+
+    /// Payment retries: the ceiling of the first backoff, in milliseconds (it doubles per
+    /// attempt, with full jitter).
+    #[arg(
+        long,
+        env = "ZQ_PAYMENT_RETRY_BASE_MS",
+        default_value_t = 200,
+        global = true
+    )]
+    pub payment_retry_base_ms: u64,
+
+    /// Kafka session timeout of the consumer groups, in milliseconds: how soon a dead member's
+    /// partitions move to another.
+    #[arg(long, env = "ZQ_SESSION_TIMEOUT_MS", default_value_t = 10_000, global = true,
+          value_parser = clap::value_parser!(u64).range(1_000..=300_000))]
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +152,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Component {
+    /// Holds seats, expires holds, sells paid seats (needs ZQ_REDIS_URL).
+    SeatLock,
+    /// Charges held bookings and refunds, through the payment simulator.
+    Payment,
+    /// Emails customers about every outcome.
+    Notifier,
     /// The HTTP API (commands and queries); needs the event store and ZQ_ADMIN_TOKEN.
     Api,
     /// Publish the event store's log to zq.booking-events (needs ZQ_KAFKA_BROKERS).

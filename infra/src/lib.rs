@@ -8,9 +8,11 @@
 //! and the embedded broker join this crate as the services that need them are built.
 
 pub mod backoff;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod embedded_broker;
+pub mod holds;
 pub mod kafka;
 pub mod relay;
 pub mod stored_events;

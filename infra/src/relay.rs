@@ -44,6 +44,18 @@ pub struct RelayConfig {
     /// forever. A record given up on makes the relay rebuild its producer and resume from its
     /// checkpoint, so a timeout costs duplicates, never a loss.
     pub delivery_timeout: Option<Duration>,
+    /// The embedded default: follow the consumer groups' watermarks (see
+    /// [`crate::consumer::progress`]) instead of the relay's checkpoint: start from the lowest
+    /// (the embedded broker forgot everything), and stay at most `max_ahead` records ahead of
+    /// it (the embedded broker drops a partition's oldest records beyond about 5 MiB).
+    pub follow: Option<FollowGroups>,
+}
+
+/// How the relay follows the groups in the embedded default.
+#[derive(Debug, Clone)]
+pub struct FollowGroups {
+    pub watermarks: crate::consumer::Watermarks,
+    pub max_ahead: u64,
 }
 
 impl RelayConfig {
@@ -55,6 +67,7 @@ impl RelayConfig {
             batch_size: 500,
             source: "/zingqueue/relay".to_string(),
             delivery_timeout: None,
+            follow: None,
         }
     }
 }
@@ -124,12 +137,16 @@ impl Relay {
     /// the checkpoint follows the confirmed prefix, saved at most every `CHECKPOINT_EVERY` (a
     /// crash re-publishes at most that much, which consumers drop by stream version).
     async fn publish_from_checkpoint(&self, producer: &FutureProducer) -> Result<(), RelayError> {
-        let after = self
-            .store
-            .checkpoint(CHECKPOINT)
-            .await?
-            .unwrap_or(Position::START);
-        info!(%after, "relay publishing from its checkpoint");
+        let after = match &self.config.follow {
+            // The broker starts empty: everything some group has not finished goes out again.
+            Some(follow) => follow.watermarks.lowest().unwrap_or(Position::START),
+            None => self
+                .store
+                .checkpoint(CHECKPOINT)
+                .await?
+                .unwrap_or(Position::START),
+        };
+        info!(%after, following_groups = self.config.follow.is_some(), "relay publishing");
         let mut subscription =
             Subscription::new(self.store.clone(), after).with_batch_size(self.config.batch_size);
         let mut in_flight: VecDeque<(Position, DeliveryFuture)> = VecDeque::new();
@@ -145,6 +162,12 @@ impl Relay {
                 }
                 batch = subscription.next_batch(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let batch = batch?;
+                    if let (Some(follow), Some(first)) = (&self.config.follow, batch.first()) {
+                        // Backpressure from the slowest group: the store is the buffer. Counted
+                        // from before this batch, so the groups only wait for records sent.
+                        let floor = (first.position.0 - 1).saturating_sub(follow.max_ahead);
+                        follow.watermarks.wait_for_lowest(Position(floor)).await;
+                    }
                     let span = debug_span!("relay_send", events = batch.len());
                     self.send_batch(producer, &batch, &mut in_flight)
                         .instrument(span)

@@ -5,6 +5,7 @@ pub mod api;
 pub mod dev_broker;
 pub mod migrate;
 pub mod relay;
+pub mod services;
 pub mod up;
 
 use anyhow::Context;
@@ -61,10 +62,12 @@ pub async fn run_relay(
     store: std::sync::Arc<dyn event_store::EventStore>,
     brokers: String,
     admin: &dyn infra::kafka::TopicAdmin,
+    follow: Option<infra::relay::FollowGroups>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = infra::relay::RelayConfig {
         partitions: global.partitions,
+        follow,
         ..infra::relay::RelayConfig::new(brokers)
     };
     infra::relay::Relay::new(store, config)

@@ -20,6 +20,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         store.clone(),
         brokers,
         admin.as_ref(),
+        None,
         super::interrupted(),
     )
     .await?;

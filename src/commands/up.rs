@@ -1,21 +1,36 @@
 //! `zingqueue up`: everything in one process.
 //!
-//! Today "everything" is the event store (the embedded SQLite store in the data folder unless
-//! `ZQ_DATABASE_URL` says otherwise), a Kafka-protocol broker (in-process unless
-//! `ZQ_KAFKA_BROKERS` names one), the relay between them and the HTTP API (shows and bookings).
-//! The consumers join as they are built.
+//! The event store (the embedded SQLite store in the data folder unless `ZQ_DATABASE_URL` says
+//! otherwise), a Kafka-protocol broker (in-process unless `ZQ_KAFKA_BROKERS` names one), the
+//! relay between them, the HTTP API, and the three consumer services: seat-lock (holds in Redis
+//! when `ZQ_REDIS_URL` is set, else in process), payment (the simulator) and the notifier (SMTP
+//! when `ZQ_SMTP_URL` is set, else `.eml` files in `<data-dir>/mail/`).
+//!
+//! With the in-process broker, the relay follows the groups' watermarks: it republishes on start
+//! from the lowest one (the broker starts empty) and stays at most [`MAX_AHEAD`] records ahead of
+//! the slowest group (the broker silently drops a partition's oldest records beyond ~5 MiB).
 //!
 //! Shutdown on Ctrl-C: the API stops accepting and finishes the requests in flight, the relay
-//! stops, then the store refuses new appends and writes the queued ones.
+//! and the services stop (committing only finished work), then the store refuses new appends and
+//! writes the queued ones.
 
 use anyhow::Context;
 use booking_api::ApiState;
+use event_store::Position;
+use futures::FutureExt;
 use infra::config::StoreLocation;
+use infra::consumer::{Watermarks, watermark_checkpoint};
+use infra::relay::FollowGroups;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::info;
 
+use super::services;
 use crate::cli::{GlobalArgs, UpArgs};
+
+/// Records the relay may be ahead of the slowest group with the in-process broker: about 2 MiB
+/// of a hot show's partition at ~1 KiB per record, well below the ~5 MiB the broker keeps.
+pub const MAX_AHEAD: u64 = 2_000;
 
 pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let location = super::store_location(global)?;
@@ -28,33 +43,64 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the event store at {}", location.display_url()))?;
     let head = store.head().await?;
+    let in_process_broker = global
+        .kafka_brokers
+        .as_deref()
+        .is_none_or(|brokers| brokers.trim().is_empty());
     let (brokers, topic_admin) = super::kafka(global, true)?;
     let listener = tokio::net::TcpListener::bind(global.listen)
         .await
         .with_context(|| format!("listening on {}", global.listen))?;
     let api = format!("http://{}", listener.local_addr()?);
 
+    // With the in-process broker the groups' watermarks steer the relay; they must be known
+    // before the relay starts.
+    let watermarks = in_process_broker.then(Watermarks::default);
+    if let Some(marks) = &watermarks {
+        for group in [seat_lock::GROUP, payment::GROUP, notifier::GROUP] {
+            let saved = store.checkpoint(&watermark_checkpoint(group)).await?;
+            marks.register(group, saved.unwrap_or(Position::START));
+        }
+    }
+    let holds = services::hold_store(global).await?;
+    let seat_lock =
+        services::seat_lock(global, store.clone(), holds, &brokers, watermarks.as_ref());
+    let payment = services::payment(
+        global,
+        store.clone(),
+        services::payment_gateway(global),
+        &brokers,
+        watermarks.as_ref(),
+    );
+    let (notifier, mail_dir) =
+        services::notifier(global, store.clone(), &brokers, watermarks.as_ref())?;
+
     // Written before anything is printed, so that whoever reads the printout finds it.
     if embedded {
         let endpoints = json!({
             "api": api,
-            // The dashboard, metrics and mail arrive with the saga and dashboard issues; the
-            // fields are here (null) so that the shape of API.md holds from the start.
+            // The dashboard and metrics arrive with the dashboard issue; the fields are here
+            // (null) so that the shape of API.md holds from the start.
             "dashboard": null,
             "metrics": null,
             "kafka_brokers": brokers,
             "database_url": location.display_url(),
-            "mail_dir": null,
+            "mail_dir": mail_dir,
             "admin_token_file": admin_token_file,
         });
         let path = global.data_dir.join("endpoints.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&endpoints)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let mode = match (embedded, global.kafka_brokers.is_some()) {
-        (true, false) => "embedded (SQLite, in-process broker)",
+    let mode = match (embedded, in_process_broker) {
+        (true, true) => "embedded (SQLite, in-process broker)",
         _ => "configured (ZQ_DATABASE_URL / ZQ_KAFKA_BROKERS)",
     };
+    let redis = global
+        .services
+        .redis_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty());
     println!("ZingQueue is up: {mode}");
     println!("  api:           {api}");
     println!("  event store:   {}", location.display_url());
@@ -64,6 +110,22 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         "  relay:         publishing to zq.booking-events ({} partitions)",
         global.partitions
     );
+    println!(
+        "  seat-lock:     holds {} for {} s",
+        redis.map_or("in process".to_string(), |url| format!(
+            "in Redis ({})",
+            infra::config::redact_password(url)
+        )),
+        global.services.hold_seconds
+    );
+    println!(
+        "  payment:       simulator ({} ms per call)",
+        global.services.payment_latency_ms
+    );
+    match &mail_dir {
+        Some(dir) => println!("  notifier:      mail written to {}", dir.display()),
+        None => println!("  notifier:      mail sent over SMTP"),
+    }
     if let Some(file) = &admin_token_file {
         println!(
             "  admin token:   {} (kept in {})",
@@ -71,7 +133,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
-    println!("  not yet built: seat-lock, payment, notifier, projections, dashboard");
+    println!("  not yet built: projections, dashboard");
     info!(store = %location.display_url(), %head, %brokers, %api, "up");
     if args.once {
         store.close().await;
@@ -84,24 +146,40 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         super::interrupted().await;
         let _ = stop.send(true);
     });
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
+    let until_stopped = {
+        let stopped = stopped.clone();
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+        .boxed()
+        .shared()
     };
     let state = ApiState::new(store.clone(), admin);
-    let server = tokio::spawn(booking_api::serve(
-        listener,
-        state,
-        until_stopped(stopped.clone()),
-    ));
-    super::run_relay(
-        global,
-        store.clone(),
-        brokers,
-        topic_admin.as_ref(),
-        until_stopped(stopped),
-    )
-    .await?;
+    let server = tokio::spawn(booking_api::serve(listener, state, until_stopped.clone()));
+    let follow = watermarks.map(|watermarks| FollowGroups {
+        watermarks,
+        max_ahead: MAX_AHEAD,
+    });
+    let admin = topic_admin.as_ref();
+    let (relay, seat_lock, payment, notifier) = tokio::join!(
+        super::run_relay(
+            global,
+            store.clone(),
+            brokers,
+            admin,
+            follow,
+            until_stopped.clone()
+        ),
+        seat_lock.run(admin, until_stopped.clone()),
+        payment.run(admin, until_stopped.clone()),
+        notifier.run(admin, until_stopped.clone()),
+    );
     server.await?.context("serving the API")?;
+    relay?;
+    seat_lock?;
+    payment?;
+    notifier?;
     signal.abort();
     // Refuse new appends and finish the queued ones before the runtime goes away.
     store.close().await;

@@ -340,6 +340,10 @@ impl ConsumerGroup {
                 )
                 .set("heartbeat.interval.ms", "500")
                 .set("enable.partition.eof", "false")
+                // The broker answers a fetch at once when records arrive; librdkafka's mock
+                // waits out the whole interval, so keep it short: a record is seconds' worth of
+                // a customer's wait at every hop of the saga otherwise.
+                .set("fetch.wait.max.ms", "20")
                 .create_with_context(context)?,
         );
         consumer.subscribe(&[&config.topic])?;

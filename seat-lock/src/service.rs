@@ -1,0 +1,758 @@
+//! The seat-lock handler: holds, sales and releases of seats, in store order per show.
+//!
+//! - **Holds.** A run of consecutive `booking.requested.v1` records of a batch is one call to the
+//!   hold store (one Redis Lua script: every request all-or-nothing, earlier requests first),
+//!   then one `SeatsHeld {expires_at}` or `BookingRejected {taken}` per booking, appended
+//!   concurrently so that the store's group commit writes them in one transaction. The append
+//!   expects the version the request was written at; a booking that changed meanwhile
+//!   (cancelled) is decided again on its stream, and a hold it no longer needs is released.
+//! - **Sales.** On `booking.payment_succeeded.v1` of a paid booking, `SeatsSold` on the show
+//!   stream and `BookingConfirmed` on the booking stream in one atomic append with both expected
+//!   versions. The show's version is the fencing token: whatever Redis said, a seat sold on the
+//!   show stream cannot be sold again. The show state is cached at its version and reloaded on a
+//!   conflict. A sale the show refuses (seats lost while Redis was flushed) fails the booking,
+//!   refunds it and dead-letters `expired-seats`; so does a payment that arrived after its hold
+//!   expired.
+//! - **Releases.** A cancelled, failed or expired booking's hold is freed; a cancelled confirmed
+//!   booking's seats are released on the show stream first.
+//! - **Expiry** ([`SeatLock::sweep_expired`], run by [`run_sweeper`]): due holds from the hold
+//!   store's deadline set become `HoldExpired` (only if no payment was recorded first: the
+//!   booking decider's rule) and only then are the seats freed.
+//! - **Rebuild.** The hold store's epoch tells whether it lost its contents (a Redis flush or
+//!   restart, or a new process for the in-process store): seat-lock then rebuilds sold and held
+//!   seats from the log before it holds anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::booking::{self, BookingCommand, BookingEvent, BookingRequested, CancelledBy};
+use domain::show::{self, ReleaseReason, ShowCommand, ShowEvent};
+use domain::{
+    BookingId, BookingStatus, DomainError, DomainEvent, EventEnvelope, EventId, SeatId, ShowId,
+    event_types,
+};
+use event_store::{EventStore, ExpectedVersion, Position, StoreError, StreamAppend};
+use infra::commands::{Cause, CommandError, Decided, decide_booking};
+use infra::consumer::dead_letters::CAUSE_EXPIRED_SEATS;
+use infra::consumer::{EventRecord, Handled, Handler, HandlerError};
+use infra::holds::{HoldError, HoldOutcome, HoldRequest, HoldSnapshot, HoldStore};
+use infra::stored_events::{decode, to_new_event};
+use infra::streams::{LoadedShow, load_booking, load_show};
+use tracing::{info, warn};
+
+/// The consumer group (and service) name.
+pub const GROUP: &str = "seat-lock";
+/// How many times a contended sale is decided again before the batch is retried.
+const MAX_SALE_RETRIES: u32 = 20;
+
+#[derive(Debug, Clone)]
+pub struct SeatLockConfig {
+    /// How long seats are held for payment (`ZQ_HOLD_SECONDS`).
+    pub hold: Duration,
+    /// How often the sweeper looks for expired holds.
+    pub sweep_every: Duration,
+}
+
+impl Default for SeatLockConfig {
+    fn default() -> Self {
+        SeatLockConfig {
+            hold: Duration::from_secs(600),
+            sweep_every: Duration::from_millis(250),
+        }
+    }
+}
+
+pub struct SeatLock {
+    store: Arc<dyn EventStore>,
+    holds: Arc<dyn HoldStore>,
+    config: SeatLockConfig,
+    /// The hold store epoch this process rebuilt into or adopted.
+    epoch: tokio::sync::Mutex<Option<String>>,
+    /// Shows at a known stream version (a show lives in one partition, so one worker uses it).
+    shows: Mutex<HashMap<ShowId, LoadedShow>>,
+}
+
+fn transient(error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Transient(error.to_string())
+}
+
+impl From<HoldError> for Failure {
+    fn from(error: HoldError) -> Self {
+        Failure(transient(error))
+    }
+}
+
+/// A handler error that `?` can produce from every layer here.
+struct Failure(HandlerError);
+
+impl From<CommandError> for Failure {
+    fn from(error: CommandError) -> Self {
+        Failure(error.into())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure(CommandError::from(error).into())
+    }
+}
+
+impl From<infra::streams::StreamError> for Failure {
+    fn from(error: infra::streams::StreamError) -> Self {
+        Failure(CommandError::from(error).into())
+    }
+}
+
+impl SeatLock {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        holds: Arc<dyn HoldStore>,
+        config: SeatLockConfig,
+    ) -> SeatLock {
+        SeatLock {
+            store,
+            holds,
+            config,
+            epoch: tokio::sync::Mutex::new(None),
+            shows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn hold_duration(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.hold).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// The epoch to hold under: adopted from the hold store when another process rebuilt it,
+    /// rebuilt from the log when it lost its contents.
+    async fn current_epoch(&self, stale: Option<&str>) -> Result<String, Failure> {
+        let mut epoch = self.epoch.lock().await;
+        if let Some(known) = epoch.as_deref()
+            && Some(known) != stale
+        {
+            return Ok(known.to_string());
+        }
+        let adopted = match self.holds.epoch().await? {
+            Some(current) if Some(current.as_str()) != stale => current,
+            _ => {
+                let snapshot = snapshot_from_log(&*self.store).await?;
+                info!(
+                    held = snapshot.held.len(),
+                    sold = snapshot.sold.len(),
+                    "hold store lost its contents (or is new): rebuilt from the log"
+                );
+                self.holds.rebuild(&snapshot, Utc::now()).await?
+            }
+        };
+        *epoch = Some(adopted.clone());
+        Ok(adopted)
+    }
+
+    /// Hold the seats of consecutive booking requests and record the outcomes.
+    async fn hold_run(
+        &self,
+        records: &[&EventRecord],
+        requests: Vec<&BookingRequested>,
+    ) -> Result<(), Failure> {
+        let now = Utc::now();
+        let expires_at = now + self.hold_duration();
+        let hold_requests: Vec<HoldRequest> = requests
+            .iter()
+            .map(|request| HoldRequest {
+                show_id: request.show_id,
+                booking_id: request.booking_id,
+                seats: request.seats.clone(),
+                expires_at,
+            })
+            .collect();
+        let mut epoch = self.current_epoch(None).await?;
+        let outcomes = loop {
+            match self.holds.hold(&epoch, &hold_requests, now).await {
+                Ok(outcomes) => break outcomes,
+                Err(HoldError::EpochChanged) => {
+                    warn!("the hold store's epoch changed: adopting or rebuilding before holding");
+                    epoch = self.current_epoch(Some(&epoch)).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let appends =
+            records
+                .iter()
+                .zip(&requests)
+                .zip(outcomes)
+                .map(|((record, request), outcome)| {
+                    self.record_hold_outcome(record, request, outcome, expires_at)
+                });
+        for outcome in futures::future::join_all(appends).await {
+            outcome?;
+        }
+        Ok(())
+    }
+
+    async fn record_hold_outcome(
+        &self,
+        record: &EventRecord,
+        request: &BookingRequested,
+        outcome: HoldOutcome,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        let command = match &outcome {
+            HoldOutcome::Held => BookingCommand::HoldSeats { expires_at },
+            HoldOutcome::Taken(taken) => BookingCommand::Reject {
+                taken: taken.clone(),
+            },
+        };
+        let cause = Cause::of(record);
+        // Fast path: the booking as its request made it, at the version the request was written.
+        let state = booking::evolve(None, &BookingEvent::Requested(request.clone()));
+        if let Ok(events) = booking::decide(&state, command.clone()) {
+            let envelopes = EventEnvelope::derived(
+                cause.event_id,
+                cause.correlation_id,
+                "seat-lock/hold",
+                events,
+            );
+            let new_events = envelopes
+                .iter()
+                .map(|e| to_new_event(e, Utc::now()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let append = StreamAppend::new(
+                request.booking_id.stream_id(),
+                ExpectedVersion::Exact(record.stream_version),
+                new_events,
+            );
+            match self.store.append(append).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // The booking changed since it was requested (cancelled, or held by an earlier delivery).
+        let decided = decide_booking(
+            &*self.store,
+            request.booking_id,
+            cause,
+            "seat-lock/hold",
+            |_| command.clone(),
+        )
+        .await?;
+        if let (HoldOutcome::Held, Decided::Refused(refusal)) = (&outcome, &decided) {
+            info!(booking_id = %request.booking_id, %refusal, "booking finished before its hold: releasing");
+            self.holds
+                .release(request.show_id, request.booking_id, &request.seats)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn cached_show(&self, show_id: ShowId) -> Option<LoadedShow> {
+        self.shows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&show_id)
+            .cloned()
+    }
+
+    fn cache_show(&self, show_id: ShowId, show: Option<LoadedShow>) {
+        let mut shows = self.shows.lock().unwrap_or_else(|p| p.into_inner());
+        match show {
+            Some(show) => shows.insert(show_id, show),
+            None => shows.remove(&show_id),
+        };
+    }
+
+    async fn show(&self, show_id: ShowId) -> Result<LoadedShow, Failure> {
+        if let Some(show) = self.cached_show(show_id) {
+            return Ok(show);
+        }
+        let show = load_show(&*self.store, show_id).await?;
+        self.cache_show(show_id, Some(show.clone()));
+        Ok(show)
+    }
+
+    /// Append events to the show stream and the booking stream at once, both at their versions.
+    async fn append_to_show_and_booking(
+        &self,
+        cause: Cause,
+        step: &str,
+        show: &LoadedShow,
+        show_events: Vec<ShowEvent>,
+        booking_id: BookingId,
+        booking_version: u64,
+        booking_events: Vec<BookingEvent>,
+    ) -> Result<bool, Failure> {
+        let show_id = show.show.as_ref().map(|s| s.show_id());
+        let all: Vec<DomainEvent> = show_events
+            .iter()
+            .cloned()
+            .map(DomainEvent::from)
+            .chain(booking_events.into_iter().map(DomainEvent::from))
+            .collect();
+        let envelopes = EventEnvelope::derived(cause.event_id, cause.correlation_id, step, all);
+        let now = Utc::now();
+        let mut new_events = envelopes
+            .iter()
+            .map(|e| to_new_event(e, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let booking_new = new_events.split_off(show_events.len());
+        let mut streams = Vec::new();
+        if let Some(show_id) = show_id
+            && !new_events.is_empty()
+        {
+            streams.push(StreamAppend::new(
+                show_id.stream_id(),
+                ExpectedVersion::Exact(show.version),
+                new_events,
+            ));
+        }
+        if !booking_new.is_empty() {
+            streams.push(StreamAppend::new(
+                booking_id.stream_id(),
+                ExpectedVersion::Exact(booking_version),
+                booking_new,
+            ));
+        }
+        if streams.is_empty() {
+            return Ok(true);
+        }
+        match self.store.append_many(streams).await {
+            Ok(_) => {
+                if let Some(show_id) = show_id {
+                    // Our events are now the show's latest: the cache moves with them (a repeat
+                    // means someone else did it: reload next time).
+                    let mut state = show.show.clone();
+                    for event in &show_events {
+                        state = show::evolve(state, event);
+                    }
+                    self.cache_show(
+                        show_id,
+                        Some(LoadedShow {
+                            show: state,
+                            version: show.version + show_events.len() as u64,
+                        }),
+                    );
+                }
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. }) => {
+                if let Some(show_id) = show_id {
+                    self.cache_show(show_id, None);
+                }
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A payment succeeded: sell the seats and confirm, or fail and refund.
+    async fn sell(&self, record: &EventRecord, booking_id: BookingId) -> Result<Handled, Failure> {
+        let cause = Cause::of(record);
+        for _ in 0..MAX_SALE_RETRIES {
+            let Some(loaded) = load_booking(&*self.store, booking_id).await? else {
+                return Err(Failure(HandlerError::Permanent(format!(
+                    "booking {booking_id} does not exist"
+                ))));
+            };
+            let booking = &loaded.booking;
+            let show_id = booking.show_id();
+            match booking.status() {
+                BookingStatus::Paid => {}
+                BookingStatus::Confirmed => {
+                    self.holds
+                        .mark_sold(show_id, booking_id, booking.seats())
+                        .await?;
+                    return Ok(Handled::Done);
+                }
+                BookingStatus::Failed
+                    if booking.failure_reason()
+                        == Some(domain::booking::FailureReason::SeatsLost) =>
+                {
+                    self.holds
+                        .release(show_id, booking_id, booking.seats())
+                        .await?;
+                    return Ok(lost_seats(
+                        "the payment arrived after the hold expired; refunded",
+                    ));
+                }
+                // Cancelled or failed otherwise: the decider refunded the payment already.
+                _ => return Ok(Handled::Done),
+            }
+            let show = self.show(show_id).await?;
+            let sale = show::decide(
+                &show.show,
+                ShowCommand::SellSeats {
+                    booking_id,
+                    seats: booking.seats().clone(),
+                },
+            );
+            let confirm = booking::decide(&Some(booking.clone()), BookingCommand::Confirm);
+            match (sale, confirm) {
+                (Ok(show_events), Ok(booking_events)) => {
+                    if self
+                        .append_to_show_and_booking(
+                            cause,
+                            "seat-lock/sell",
+                            &show,
+                            show_events,
+                            booking_id,
+                            loaded.version,
+                            booking_events,
+                        )
+                        .await?
+                    {
+                        self.holds
+                            .mark_sold(show_id, booking_id, booking.seats())
+                            .await?;
+                        info!(%booking_id, %show_id, "seats sold, booking confirmed");
+                        return Ok(Handled::Done);
+                    }
+                }
+                (Err(DomainError::SeatsUnavailable { taken }), _) => {
+                    let lost =
+                        booking::decide(&Some(booking.clone()), BookingCommand::RecordSeatsLost)
+                            .map_err(|refusal| {
+                                Failure(HandlerError::Permanent(refusal.to_string()))
+                            })?;
+                    let appended = self
+                        .append_to_show_and_booking(
+                            cause,
+                            "seat-lock/lost",
+                            &LoadedShow {
+                                show: None,
+                                version: 0,
+                            },
+                            vec![],
+                            booking_id,
+                            loaded.version,
+                            lost,
+                        )
+                        .await?;
+                    if appended {
+                        self.holds
+                            .release(show_id, booking_id, booking.seats())
+                            .await?;
+                        let taken: Vec<String> = taken.iter().map(ToString::to_string).collect();
+                        return Ok(lost_seats(&format!(
+                            "seats {} were sold to another booking; refunded",
+                            taken.join(", ")
+                        )));
+                    }
+                }
+                (Err(refusal), _) | (_, Err(refusal)) => {
+                    return Err(Failure(HandlerError::Permanent(format!(
+                        "cannot sell the seats of booking {booking_id}: {refusal}"
+                    ))));
+                }
+            }
+        }
+        Err(Failure(transient(format!(
+            "the sale of booking {booking_id} kept conflicting"
+        ))))
+    }
+
+    /// A booking ended (cancelled, failed, expired): free what it held; give back what it bought.
+    async fn release(&self, record: &EventRecord, event: &BookingEvent) -> Result<(), Failure> {
+        let (show_id, booking_id) = (event.show_id(), event.booking_id());
+        let seats = match event {
+            BookingEvent::Cancelled(cancelled) => {
+                if cancelled.previous_status == BookingStatus::Confirmed {
+                    self.release_sold(record, show_id, booking_id, cancelled.by)
+                        .await?;
+                    self.holds
+                        .unmark_sold(show_id, booking_id, &cancelled.seats)
+                        .await?;
+                }
+                cancelled.seats.clone()
+            }
+            BookingEvent::HoldExpired(expired) => expired.seats.clone(),
+            _ => match load_booking(&*self.store, booking_id).await? {
+                Some(loaded) => loaded.booking.seats().clone(),
+                None => BTreeSet::new(),
+            },
+        };
+        self.holds.release(show_id, booking_id, &seats).await?;
+        Ok(())
+    }
+
+    async fn release_sold(
+        &self,
+        record: &EventRecord,
+        show_id: ShowId,
+        booking_id: BookingId,
+        _by: CancelledBy,
+    ) -> Result<(), Failure> {
+        let cause = Cause::of(record);
+        for _ in 0..MAX_SALE_RETRIES {
+            let show = self.show(show_id).await?;
+            let events = show::decide(
+                &show.show,
+                ShowCommand::ReleaseSeats {
+                    booking_id,
+                    reason: ReleaseReason::Cancelled,
+                },
+            )
+            .map_err(|refusal| Failure(HandlerError::Permanent(refusal.to_string())))?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let envelopes = EventEnvelope::derived(
+                cause.event_id,
+                cause.correlation_id,
+                "seat-lock/release",
+                events.clone(),
+            );
+            let new_events = envelopes
+                .iter()
+                .map(|e| to_new_event(e, Utc::now()))
+                .collect::<Result<Vec<_>, _>>()?;
+            match self
+                .store
+                .append(StreamAppend::new(
+                    show_id.stream_id(),
+                    ExpectedVersion::Exact(show.version),
+                    new_events,
+                ))
+                .await
+            {
+                Ok(_) => {
+                    let mut state = show.show.clone();
+                    for event in &events {
+                        state = show::evolve(state, event);
+                    }
+                    self.cache_show(
+                        show_id,
+                        Some(LoadedShow {
+                            show: state,
+                            version: show.version + events.len() as u64,
+                        }),
+                    );
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => self.cache_show(show_id, None),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Failure(transient("releasing sold seats kept conflicting")))
+    }
+
+    /// Expire every hold whose deadline passed: `HoldExpired` first (unless a payment was
+    /// recorded first), then free the seats. Returns how many bookings expired.
+    pub async fn sweep_expired(&self) -> Result<usize, HoldError> {
+        let now = Utc::now();
+        let due = self.holds.due_expiries(now, 500).await?;
+        let mut expired = 0;
+        for entry in due {
+            match self.expire(entry.show_id, entry.booking_id, now).await {
+                Ok(true) => expired += 1,
+                Ok(false) => {}
+                Err(Failure(error)) => {
+                    warn!(booking_id = %entry.booking_id, %error, "expiring a hold failed; retrying at the next sweep")
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire(
+        &self,
+        show_id: ShowId,
+        booking_id: BookingId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Failure> {
+        let Some(loaded) = load_booking(&*self.store, booking_id).await? else {
+            self.holds.forget_expiry(show_id, booking_id).await?;
+            return Ok(false);
+        };
+        // Derived from the booking's first event: a booking expires at most once, so these ids
+        // are the same whichever process or sweep appends them.
+        let first = loaded
+            .timeline
+            .first()
+            .map_or(EventId::from_uuid(booking_id.as_uuid()), |entry| {
+                EventId::from_uuid(entry.event_id)
+            });
+        let cause = Cause {
+            event_id: first,
+            correlation_id: first,
+        };
+        let decided = decide_booking(&*self.store, booking_id, cause, "seat-lock/expire", |_| {
+            BookingCommand::ExpireHold { now }
+        })
+        .await?;
+        match decided {
+            Decided::Refused(DomainError::HoldNotExpired { .. }) => Ok(false),
+            Decided::Appended(_) => {
+                self.holds
+                    .release(show_id, booking_id, loaded.booking.seats())
+                    .await?;
+                info!(%booking_id, %show_id, "hold expired, seats free again");
+                Ok(true)
+            }
+            Decided::Nothing | Decided::Refused(_) => {
+                // Paid first, or finished otherwise: the expiry is moot.
+                self.holds.forget_expiry(show_id, booking_id).await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// A payment whose seats are gone: the booking failed and the money goes back; an operator
+/// hears of it through an `expired-seats` dead letter.
+fn lost_seats(reason: &str) -> Handled {
+    Handled::DeadLetter {
+        cause: CAUSE_EXPIRED_SEATS,
+        reason: reason.to_string(),
+        attempts: 1,
+        first_failed_at: Utc::now(),
+    }
+}
+
+#[async_trait]
+impl Handler for SeatLock {
+    fn subscribes_to(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            event_types::BOOKING_REQUESTED
+                | event_types::BOOKING_PAYMENT_SUCCEEDED
+                | event_types::BOOKING_CANCELLED
+                | event_types::BOOKING_FAILED
+                | event_types::BOOKING_HOLD_EXPIRED
+        )
+    }
+
+    async fn handle(&self, record: &EventRecord) -> Result<Handled, HandlerError> {
+        let outcomes = self.handle_batch(std::slice::from_ref(record)).await?;
+        Ok(outcomes.into_iter().next().unwrap_or(Handled::Done))
+    }
+
+    async fn handle_batch(&self, records: &[EventRecord]) -> Result<Vec<Handled>, HandlerError> {
+        let mut outcomes = vec![Handled::Done; records.len()];
+        let mut index = 0;
+        while index < records.len() {
+            // A run of booking requests is one hold call.
+            let run_end = records[index..]
+                .iter()
+                .position(|r| !matches!(r.event, DomainEvent::Booking(BookingEvent::Requested(_))))
+                .map_or(records.len(), |offset| index + offset);
+            if run_end > index {
+                let run: Vec<&EventRecord> = records[index..run_end].iter().collect();
+                let requests: Vec<&BookingRequested> = run
+                    .iter()
+                    .filter_map(|r| match &r.event {
+                        DomainEvent::Booking(BookingEvent::Requested(request)) => Some(request),
+                        _ => None,
+                    })
+                    .collect();
+                self.hold_run(&run, requests)
+                    .await
+                    .map_err(|Failure(e)| e)?;
+                index = run_end;
+                continue;
+            }
+            let record = &records[index];
+            match &record.event {
+                DomainEvent::Booking(BookingEvent::PaymentSucceeded(paid)) => {
+                    outcomes[index] = self
+                        .sell(record, paid.booking_id)
+                        .await
+                        .map_err(|Failure(e)| e)?;
+                }
+                DomainEvent::Booking(
+                    event @ (BookingEvent::Cancelled(_)
+                    | BookingEvent::Failed(_)
+                    | BookingEvent::HoldExpired(_)),
+                ) => {
+                    self.release(record, event).await.map_err(|Failure(e)| e)?;
+                }
+                _ => {}
+            }
+            index += 1;
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Sweep expired holds every `sweep_every` until `shutdown`.
+pub async fn run_sweeper(
+    seat_lock: Arc<SeatLock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(seat_lock.config.sweep_every);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {
+                if let Err(error) = seat_lock.sweep_expired().await {
+                    warn!(%error, "sweeping expired holds failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sold seats of every show and held seats of every open hold, from the whole log: what the hold
+/// store must hold after it lost its contents.
+pub async fn snapshot_from_log(store: &dyn EventStore) -> Result<HoldSnapshot, StoreError> {
+    let mut sold: BTreeMap<(ShowId, SeatId), BookingId> = BTreeMap::new();
+    let mut held: BTreeMap<BookingId, HoldRequest> = BTreeMap::new();
+    let mut after = Position::START;
+    loop {
+        let batch = store.read_all(after, 5_000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        for recorded in &batch {
+            let Ok(event) = decode(recorded) else {
+                continue;
+            };
+            match event {
+                DomainEvent::Show(ShowEvent::SeatsSold(sale)) => {
+                    for seat in sale.seats {
+                        sold.insert((sale.show_id, seat), sale.booking_id);
+                    }
+                }
+                DomainEvent::Show(ShowEvent::SeatsReleased(release)) => {
+                    for seat in release.seats {
+                        if sold.get(&(release.show_id, seat.clone())) == Some(&release.booking_id) {
+                            sold.remove(&(release.show_id, seat));
+                        }
+                    }
+                }
+                DomainEvent::Booking(BookingEvent::SeatsHeld(hold)) => {
+                    held.insert(
+                        hold.booking_id,
+                        HoldRequest {
+                            show_id: hold.show_id,
+                            booking_id: hold.booking_id,
+                            seats: hold.seats,
+                            expires_at: hold.expires_at,
+                        },
+                    );
+                }
+                DomainEvent::Booking(
+                    BookingEvent::Confirmed(_)
+                    | BookingEvent::HoldExpired(_)
+                    | BookingEvent::Cancelled(_)
+                    | BookingEvent::Failed(_)
+                    | BookingEvent::Rejected(_),
+                ) => {
+                    if let DomainEvent::Booking(event) = &event {
+                        held.remove(&event.booking_id());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(HoldSnapshot {
+        sold: sold
+            .into_iter()
+            .map(|((show, seat), booking)| (show, seat, booking))
+            .collect(),
+        held: held.into_values().collect(),
+    })
+}

@@ -146,6 +146,9 @@ pub enum Command {
     /// processes without Kafka. Not for production data: it forgets everything when it stops.
     DevBroker,
     /// Measure ZingQueue beside the raw ceiling of the same machine.
+    /// Dead letters: list, show, redrive.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -162,6 +165,33 @@ pub enum Component {
     Api,
     /// Publish the event store's log to zq.booking-events (needs ZQ_KAFKA_BROKERS).
     Relay,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, newest first, one JSON object per line.
+    List {
+        /// Only this consumer group (seat-lock, payment, notifier).
+        #[arg(long, env = "ZQ_DLQ_GROUP")]
+        group: Option<String>,
+        /// Only this cause (poison, handler-failed, expired-seats, payment-exhausted, email-failed).
+        #[arg(long, env = "ZQ_DLQ_CAUSE")]
+        cause: Option<String>,
+        /// Only this status (dead, redrive_requested, redriven).
+        #[arg(long, env = "ZQ_DLQ_STATUS")]
+        status: Option<String>,
+        #[arg(long, env = "ZQ_DLQ_LIMIT", default_value_t = 100)]
+        limit: u32,
+    },
+    /// One dead letter with its record, as JSON.
+    Show { id: i64 },
+    /// Ask the letter's group to process it again (idempotent); with --wait, until it has.
+    Redrive {
+        id: i64,
+        /// Wait up to this many seconds for the group to run it.
+        #[arg(long, env = "ZQ_DLQ_WAIT_SECONDS", default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
             component: cli::Component::Api,
         } => commands::api::run(&cli.global).await,
         cli::Command::Run { component } => commands::services::run(&cli.global, component).await,
+        cli::Command::Dlq(command) => commands::dlq::run(&cli.global, command).await,
         cli::Command::DevBroker => commands::dev_broker::run(&cli.global).await,
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod auth;
 pub mod bookings;
 pub mod catalog;
+pub mod dead_letters;
 pub mod error;
 pub mod health;
 pub mod idempotency;

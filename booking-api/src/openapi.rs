@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, error, health, shows};
+use crate::{bookings, dead_letters, error, health, shows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,9 @@ use crate::{bookings, error, health, shows};
         bookings::request_booking,
         bookings::get_booking,
         bookings::cancel_booking,
+        dead_letters::list_dead_letters,
+        dead_letters::get_dead_letter,
+        dead_letters::redrive_dead_letter,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -32,6 +35,7 @@ use crate::{bookings, error, health, shows};
     tags(
         (name = "shows", description = "Shows and their seat maps"),
         (name = "bookings", description = "Booking commands and status"),
+        (name = "operations", description = "Dead letters and their redrives (admin)"),
         (name = "health", description = "Liveness, readiness and this document"),
     )
 )]

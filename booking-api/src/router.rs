@@ -13,7 +13,7 @@ use crate::auth::AdminToken;
 use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
-use crate::{bookings, health, openapi, shows};
+use crate::{bookings, dead_letters, health, openapi, shows};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -58,6 +58,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/bookings/{booking_id}",
             get(bookings::get_booking).delete(bookings::cancel_booking),
+        )
+        .route("/admin/dead-letters", get(dead_letters::list_dead_letters))
+        .route(
+            "/admin/dead-letters/{id}",
+            get(dead_letters::get_dead_letter),
+        )
+        .route(
+            "/admin/dead-letters/{id}/redrive",
+            post(dead_letters::redrive_dead_letter),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -3,6 +3,7 @@
 pub mod admin_token;
 pub mod api;
 pub mod dev_broker;
+pub mod dlq;
 pub mod migrate;
 pub mod relay;
 pub mod services;

@@ -212,6 +212,69 @@ pub enum BenchCommand {
     /// POST /bookings through HTTP at several connection counts, on Postgres and on the embedded
     /// default, beside pgbench's one-row INSERTs and raw SQLite inserts measured in the same run.
     Api(ApiBenchArgs),
+    /// A flash sale end to end: one hot show, many booking requests for fewer seats, through the
+    /// API, relay, seat-lock, payment and notifier in this process, on Postgres + Redis and on
+    /// the embedded default; checks at the end that no seat was sold twice.
+    Sale(SaleBenchArgs),
+}
+
+/// `bench sale`. `--payment-latency-ms`, `--hold-seconds` and `--redis-url` share their ids with
+/// the global service settings of the same names, which they replace for this command; the
+/// global variables (`ZQ_PAYMENT_LATENCY_MS`, …) still apply when neither the flag nor its
+/// `ZQ_BENCH_*` twin is given.
+#[derive(Debug, Clone, Args)]
+pub struct SaleBenchArgs {
+    /// Postgres to measure on (a server where this user may create databases: each run gets a
+    /// fresh one, dropped after). Without it only the embedded default is measured.
+    #[arg(long, env = "ZQ_BENCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Redis for the Postgres setup's holds (its keys are per show). Without it, each run
+    /// starts a throwaway redis-server on a free loopback port and stops it after.
+    #[arg(long, env = "ZQ_BENCH_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Booking requests of the sale (one seat each, chosen at random).
+    #[arg(long, env = "ZQ_BENCH_REQUESTS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub requests: u64,
+
+    /// Seats of the hot show.
+    #[arg(long, env = "ZQ_BENCH_SEATS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub seats: u64,
+
+    /// Payment simulator latency per provider call, in milliseconds; one measurement per value.
+    #[arg(long, env = "ZQ_BENCH_PAYMENT_LATENCY_MS", value_delimiter = ',', default_values_t = [0u64, 50])]
+    pub payment_latency_ms: Vec<u64>,
+
+    /// How long seats are held for payment, in seconds.
+    #[arg(long, env = "ZQ_BENCH_HOLD_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_seconds: u64,
+
+    /// Keep-alive HTTP connections sending the requests (closed loop).
+    #[arg(long, env = "ZQ_BENCH_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub connections: u16,
+
+    /// Seconds after the last request within which every booking must be terminal; past it the
+    /// run fails.
+    #[arg(long, env = "ZQ_BENCH_DEADLINE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub deadline_seconds: u64,
+
+    /// Seed of the random seat choices (the same seed books the same seats).
+    #[arg(long, env = "ZQ_BENCH_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, env = "ZQ_BENCH_RUNS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
+
+    /// Measure the embedded default only.
+    #[arg(long, env = "ZQ_BENCH_SKIP_POSTGRES")]
+    pub skip_postgres: bool,
+
+    /// Measure Postgres + Redis only.
+    #[arg(long, env = "ZQ_BENCH_SKIP_SQLITE")]
+    pub skip_sqlite: bool,
 }
 
 #[derive(Debug, Clone, Args)]

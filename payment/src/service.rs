@@ -87,7 +87,7 @@ impl PaymentHandler {
         let booking_id = held.booking_id;
         let Some(loaded) = load_booking(&*self.store, booking_id)
             .await
-            .map_err(|error| infra::commands::CommandError::from(error))?
+            .map_err(infra::commands::CommandError::from)?
         else {
             return Err(HandlerError::Permanent(format!(
                 "booking {booking_id} does not exist"

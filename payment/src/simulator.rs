@@ -11,6 +11,7 @@
 //! | `sim_declined` | declined, for good |
 //! | `sim_flaky_N` | the first `N` calls for the key fail transiently, then success |
 //! | `sim_unknown` | the first call takes the money but reports [`GatewayError::UnknownOutcome`] |
+//! | `sim_slow_MS` | succeeds after an extra `MS` milliseconds (a provider that is slow for this payment) |
 //! | anything else, or none | [`SimulatorConfig`]'s rates decide |
 //!
 //! Rate-driven outcomes are a pure function of (seed, key, attempt number), so a run can be
@@ -39,6 +40,8 @@ pub const TOKEN_DECLINED: &str = "sim_declined";
 pub const TOKEN_FLAKY_PREFIX: &str = "sim_flaky_";
 /// Token: the first charge call of a key takes the money but reports an unknown outcome.
 pub const TOKEN_UNKNOWN: &str = "sim_unknown";
+/// Token prefix: `sim_slow_MS` succeeds after an extra `MS` milliseconds per charge call.
+pub const TOKEN_SLOW_PREFIX: &str = "sim_slow_";
 
 /// Namespace of the simulator's UUIDv5 charge and refund ids, so the same key always yields the
 /// same id, in this process and the next.
@@ -124,6 +127,7 @@ impl ScriptedBehaviour {
             TOKEN_OK => ScriptedBehaviour::AlwaysSucceed,
             TOKEN_DECLINED => ScriptedBehaviour::AlwaysDecline,
             TOKEN_UNKNOWN => ScriptedBehaviour::UnknownOutcomeFirst,
+            _ if slow_token_latency(Some(token)).is_some() => ScriptedBehaviour::AlwaysSucceed,
             _ => match token.strip_prefix(TOKEN_FLAKY_PREFIX) {
                 // Digits only: `u32::from_str` would also take "+3". A count too large for a u32
                 // is as good as "always flaky", so it saturates rather than falling back to rates.
@@ -136,6 +140,15 @@ impl ScriptedBehaviour {
             },
         }
     }
+}
+
+/// The extra latency a `sim_slow_MS` token asks for.
+fn slow_token_latency(payment_method: Option<&str>) -> Option<Duration> {
+    let digits = payment_method?.strip_prefix(TOKEN_SLOW_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_millis(digits.parse().unwrap_or(u64::MAX)))
 }
 
 /// What one charge attempt does.
@@ -243,6 +256,9 @@ impl PaymentSimulator {
 #[async_trait::async_trait]
 impl PaymentGateway for PaymentSimulator {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeReceipt, GatewayError> {
+        if let Some(extra) = slow_token_latency(request.payment_method.as_deref()) {
+            tokio::time::sleep(extra).await;
+        }
         self.begin_call().await;
         if request.amount.amount_minor < 0 {
             return Err(GatewayError::Invalid {
@@ -950,5 +966,19 @@ mod tests {
             unit_draw(0, DrawPurpose::Charge, "k", 0),
             unit_draw(0, DrawPurpose::Refund, "k", 0)
         );
+    }
+
+    #[tokio::test]
+    async fn sim_slow_succeeds_after_its_extra_latency() {
+        let simulator = PaymentSimulator::new(SimulatorConfig::default());
+        let started = std::time::Instant::now();
+        let receipt = simulator
+            .charge(&charge_request("slow", Some("sim_slow_40")))
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert_eq!(simulator.charges_taken("slow"), 1);
+        assert!(receipt.charge_id.starts_with("ch_"));
+        assert_eq!(slow_token_latency(Some("sim_slow_x")), None);
     }
 }

@@ -85,6 +85,13 @@ impl From<HoldError> for Failure {
     }
 }
 
+/// Events for a booking stream that must be at `version`.
+struct BookingChange {
+    booking_id: BookingId,
+    version: u64,
+    events: Vec<BookingEvent>,
+}
+
 /// A handler error that `?` can produce from every layer here.
 struct Failure(HandlerError);
 
@@ -280,10 +287,13 @@ impl SeatLock {
         step: &str,
         show: &LoadedShow,
         show_events: Vec<ShowEvent>,
-        booking_id: BookingId,
-        booking_version: u64,
-        booking_events: Vec<BookingEvent>,
+        booking: BookingChange,
     ) -> Result<bool, Failure> {
+        let BookingChange {
+            booking_id,
+            version: booking_version,
+            events: booking_events,
+        } = booking;
         let show_id = show.show.as_ref().map(|s| s.show_id());
         let all: Vec<DomainEvent> = show_events
             .iter()
@@ -397,9 +407,11 @@ impl SeatLock {
                             "seat-lock/sell",
                             &show,
                             show_events,
-                            booking_id,
-                            loaded.version,
-                            booking_events,
+                            BookingChange {
+                                booking_id,
+                                version: loaded.version,
+                                events: booking_events,
+                            },
                         )
                         .await?
                     {
@@ -425,9 +437,11 @@ impl SeatLock {
                                 version: 0,
                             },
                             vec![],
-                            booking_id,
-                            loaded.version,
-                            lost,
+                            BookingChange {
+                                booking_id,
+                                version: loaded.version,
+                                events: lost,
+                            },
                         )
                         .await?;
                     if appended {

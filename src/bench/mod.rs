@@ -5,6 +5,7 @@
 pub mod api;
 pub mod ceiling;
 pub mod relay;
+pub mod sale;
 pub mod store;
 
 use std::fmt;

@@ -142,6 +142,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
 
     let (stop, stopped) = watch::channel(false);
+    let stop_on_failure = stop.clone();
     let signal = tokio::spawn(async move {
         super::interrupted().await;
         let _ = stop.send(true);
@@ -162,24 +163,30 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         max_ahead: MAX_AHEAD,
     });
     let admin = topic_admin.as_ref();
-    let (relay, seat_lock, payment, notifier) = tokio::join!(
-        super::run_relay(
-            global,
-            store.clone(),
-            brokers,
-            admin,
-            follow,
-            until_stopped.clone()
-        ),
-        seat_lock.run(admin, until_stopped.clone()),
-        payment.run(admin, until_stopped.clone()),
-        notifier.run(admin, until_stopped.clone()),
-    );
+    // A component that fails for good (a topic with the wrong partition count, a database that
+    // refuses us) stops everything: a half-running ZingQueue would accept bookings it never
+    // finishes.
+    let components = async {
+        tokio::try_join!(
+            super::run_relay(
+                global,
+                store.clone(),
+                brokers,
+                admin,
+                follow,
+                until_stopped.clone()
+            ),
+            seat_lock.run(admin, until_stopped.clone()),
+            payment.run(admin, until_stopped.clone()),
+            notifier.run(admin, until_stopped.clone()),
+        )
+    };
+    let outcome = components.await;
+    if outcome.is_err() {
+        let _ = stop_on_failure.send(true);
+    }
     server.await?.context("serving the API")?;
-    relay?;
-    seat_lock?;
-    payment?;
-    notifier?;
+    outcome?;
     signal.abort();
     // Refuse new appends and finish the queued ones before the runtime goes away.
     store.close().await;

@@ -53,8 +53,16 @@ pub fn spawn_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> (Runnin
     };
     match found {
         Some(rest) => {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
+            // Keep draining stdout so the child never blocks on a full pipe; with
+            // ZQ_TEST_SHOW_OUTPUT set, pass it on (shown for failing tests).
+            let show = std::env::var_os("ZQ_TEST_SHOW_OUTPUT").is_some();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if show {
+                        eprintln!("[zingqueue] {line}");
+                    }
+                }
+            });
             (Running(Some(child)), rest)
         }
         None => {

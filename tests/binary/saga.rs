@@ -1,0 +1,828 @@
+//! The booking saga end to end, through the REST API only, on real servers: `zingqueue up` in
+//! its own process on Postgres, Redis, a Kafka-protocol broker (librdkafka's mock cluster, in
+//! this test process) and an SMTP server (aiosmtpd), all from testkit.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Running, http, interrupt, spawn_until};
+
+const ADMIN: &str = "saga-test-admin-token";
+
+/// One `zingqueue up` and the servers it runs on.
+struct Stack {
+    up: Option<Running>,
+    api: String,
+    env: Vec<(String, String)>,
+    _data_dir: tempfile::TempDir,
+    database: testkit::PostgresDatabase,
+    redis: testkit::RedisDatabase,
+    kafka: testkit::KafkaBroker,
+    smtp: testkit::SmtpServer,
+}
+
+impl Stack {
+    fn start(extra_env: &[(&str, &str)]) -> Stack {
+        let database = testkit::postgres();
+        let redis = testkit::redis();
+        let kafka = testkit::kafka();
+        // The mock cluster has no CreateTopics API: topics are made through its handle.
+        kafka.create_topic("zq.booking-events", 4).unwrap();
+        for cause in [
+            "poison",
+            "handler-failed",
+            "expired-seats",
+            "payment-exhausted",
+            "email-failed",
+        ] {
+            kafka.create_topic(&format!("zq.dlq.{cause}"), 1).unwrap();
+        }
+        let smtp = testkit::smtp();
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env: Vec<(String, String)> = [
+            ("ZQ_DATABASE_URL", database.url.as_str()),
+            ("ZQ_KAFKA_BROKERS", kafka.bootstrap_servers.as_str()),
+            ("ZQ_REDIS_URL", redis.url.as_str()),
+            ("ZQ_SMTP_URL", smtp.url.as_str()),
+            ("ZQ_ADMIN_TOKEN", ADMIN),
+            ("ZQ_LISTEN", "127.0.0.1:0"),
+            ("ZQ_DATA_DIR", data_dir.path().to_str().unwrap()),
+            ("ZQ_PARTITIONS", "4"),
+            ("ZQ_SESSION_TIMEOUT_MS", "6000"),
+            ("ZQ_PAYMENT_RETRY_BASE_MS", "20"),
+            ("RUST_LOG", "warn"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (key, value) in extra_env {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        let mut stack = Stack {
+            up: None,
+            api: String::new(),
+            env,
+            _data_dir: data_dir,
+            database,
+            redis,
+            kafka,
+            smtp,
+        };
+        stack.launch();
+        stack
+    }
+
+    fn launch(&mut self) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (up, api) = spawn_until(&["up"], &env, "api:");
+        self.api = api.trim_start_matches("http://").to_string();
+        self.up = Some(up);
+    }
+
+    fn stop(&mut self) {
+        if let Some(up) = self.up.take() {
+            interrupt(up);
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, text) = http(&self.api, method, path, token, &body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn create_show(&self, rows: u32, seats_per_row: u32) -> String {
+        let (status, body) = self.request(
+            "POST",
+            "/shows",
+            Some(ADMIN),
+            &json!({
+                "name": "Saga Live", "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
+                "sections": [{"name": "A", "rows": rows, "seats_per_row": seats_per_row, "price_cents": 4500}]
+            }),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["show_id"].as_str().unwrap().to_string()
+    }
+
+    /// Book seats; returns the booking id.
+    fn book(&self, show_id: &str, seats: &[&str], payment_method: &str, customer: &str) -> String {
+        let (status, body) = self.request(
+            "POST",
+            "/bookings",
+            None,
+            &json!({
+                "show_id": show_id, "seats": seats, "payment_method": payment_method,
+                "customer": {"id": customer, "email": format!("{customer}@example.com"), "name": customer}
+            }),
+        );
+        assert_eq!(status, 202, "{body}");
+        body["booking_id"].as_str().unwrap().to_string()
+    }
+
+    fn booking(&self, booking_id: &str) -> Value {
+        let (status, body) = self.request(
+            "GET",
+            &format!("/bookings/{booking_id}"),
+            Some(ADMIN),
+            &Value::Null,
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Wait until the booking satisfies `done`; panics with its last state after `within`.
+    fn wait_for(&self, booking_id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let booking = self.booking(booking_id);
+            if done(&booking) {
+                return booking;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "booking never got there: {booking:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_for_status(&self, booking_id: &str, status: &str) -> Value {
+        self.wait_for(booking_id, Duration::from_secs(60), |b| {
+            b["status"] == status
+        })
+    }
+
+    fn dead_letters(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.request(
+            "GET",
+            &format!("/admin/dead-letters{query}"),
+            Some(ADMIN),
+            &Value::Null,
+        );
+        assert_eq!(status, 200, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    fn emails_to(&self, customer: &str) -> Vec<String> {
+        let address = format!("{customer}@example.com");
+        self.smtp
+            .messages()
+            .into_iter()
+            .filter(|m| m.contains(&address))
+            .collect()
+    }
+
+    fn wait_for_emails(&self, customer: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let emails = self.emails_to(customer);
+            if emails.len() >= count || Instant::now() > deadline {
+                return emails;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // `Running` kills the process on drop; keep the servers until it is gone.
+        self.up.take();
+    }
+}
+
+fn timeline(booking: &Value) -> Vec<String> {
+    booking["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            entry["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("booking.")
+                .trim_end_matches(".v1")
+                .to_string()
+        })
+        .collect()
+}
+
+fn count(items: &[String], name: &str) -> usize {
+    items.iter().filter(|item| *item == name).count()
+}
+
+#[test]
+fn happy_path_and_a_contended_seat() {
+    let stack = Stack::start(&[]);
+    let show = stack.create_show(2, 5);
+
+    let booking = stack.book(&show, &["A-1-1", "A-1-2"], "sim_ok", "ada");
+    let confirmed = stack.wait_for_status(&booking, "confirmed");
+    assert_eq!(
+        &timeline(&confirmed)[..4],
+        ["requested", "seats_held", "payment_succeeded", "confirmed"]
+    );
+    assert_eq!(confirmed["refund_status"], "none");
+    let emails = stack.wait_for_emails("ada", 1);
+    assert_eq!(emails.len(), 1, "one email for the one outcome");
+    assert!(
+        emails[0].contains("Subject: Booking confirmed"),
+        "{}",
+        emails[0]
+    );
+    assert!(
+        emails[0].contains("@zingqueue>"),
+        "Message-ID from the event id"
+    );
+    stack.wait_for(&booking, Duration::from_secs(10), |b| {
+        timeline(b).contains(&"email_sent".to_string())
+    });
+
+    // Two bookings for one seat: exactly one confirmed, the other rejected.
+    let first = stack.book(&show, &["A-2-1"], "sim_ok", "bob");
+    let second = stack.book(&show, &["A-2-1", "A-2-2"], "sim_ok", "cy");
+    let first = stack.wait_for(&first, Duration::from_secs(60), is_terminal);
+    let second = stack.wait_for(&second, Duration::from_secs(60), is_terminal);
+    let mut statuses = [
+        first["status"].as_str().unwrap(),
+        second["status"].as_str().unwrap(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, ["confirmed", "rejected"]);
+    // A seat already sold is rejected too.
+    let late = stack.book(&show, &["A-1-2"], "sim_ok", "dee");
+    let late = stack.wait_for_status(&late, "rejected");
+    assert_eq!(count(&timeline(&late), "payment_succeeded"), 0);
+    assert_eq!(stack.wait_for_emails("dee", 1).len(), 1);
+}
+
+fn is_terminal(booking: &Value) -> bool {
+    matches!(
+        booking["status"].as_str(),
+        Some("confirmed" | "rejected" | "expired" | "cancelled" | "failed")
+    )
+}
+
+#[test]
+fn payments_that_fail_retry_or_time_out() {
+    let stack = Stack::start(&[]);
+    let show = stack.create_show(2, 5);
+
+    // Three transient errors, then success.
+    let flaky = stack.book(&show, &["A-1-1"], "sim_flaky_3", "flaky");
+    let flaky = stack.wait_for_status(&flaky, "confirmed");
+    assert_eq!(count(&timeline(&flaky), "payment_succeeded"), 1);
+
+    // Declined: failed at once, no dead letter.
+    let declined = stack.book(&show, &["A-1-2"], "sim_declined", "declined");
+    let declined = stack.wait_for_status(&declined, "failed");
+    assert_eq!(
+        timeline(&declined)[..4],
+        ["requested", "seats_held", "payment_failed", "failed"]
+    );
+
+    // Unknown outcome: charged once, not twice.
+    let unknown = stack.book(&show, &["A-1-3"], "sim_unknown", "unknown");
+    let unknown = stack.wait_for_status(&unknown, "confirmed");
+    assert_eq!(count(&timeline(&unknown), "payment_succeeded"), 1);
+    assert_eq!(unknown["refund_status"], "none");
+
+    // Exhausted (5 attempts by default): failed, seats free again, a dead letter.
+    let exhausted = stack.book(&show, &["A-2-1"], "sim_flaky_10", "exhausted");
+    let exhausted = stack.wait_for_status(&exhausted, "failed");
+    let letters = stack.dead_letters("?cause=payment-exhausted");
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["group"], "payment");
+    assert_eq!(letters[0]["attempts"], 5);
+    assert_eq!(letters[0]["status"], "dead");
+    let rebooked = stack.book(&show, &["A-2-1"], "sim_ok", "rebook");
+    stack.wait_for_status(&rebooked, "confirmed");
+
+    // Redrive: processed again by payment, which finds the booking failed and charges nothing.
+    let id = letters[0]["id"].as_i64().unwrap();
+    let (status, body) = stack.request(
+        "POST",
+        &format!("/admin/dead-letters/{id}/redrive"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let letter = stack
+            .request(
+                "GET",
+                &format!("/admin/dead-letters/{id}"),
+                Some(ADMIN),
+                &Value::Null,
+            )
+            .1;
+        if letter["status"] == "redriven" {
+            assert_eq!(letter["redrives"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never redriven: {letter:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = stack.booking(exhausted["booking_id"].as_str().unwrap());
+    assert_eq!(
+        timeline(&after),
+        timeline(&exhausted)[..]
+            .iter()
+            .cloned()
+            .chain(
+                timeline(&after)
+                    .into_iter()
+                    .skip(timeline(&exhausted).len())
+                    .filter(|t| t == "email_sent")
+            )
+            .collect::<Vec<_>>(),
+        "the redrive appended nothing but emails"
+    );
+    assert_eq!(count(&timeline(&after), "payment_succeeded"), 0);
+    // Asking again changes nothing.
+    let (status, body) = stack.request(
+        "POST",
+        &format!("/admin/dead-letters/{id}/redrive"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!((status, body["status"].as_str()), (202, Some("redriven")));
+}
+
+#[test]
+fn cancelling_in_each_state_frees_the_seats_and_refunds_what_was_taken() {
+    let stack = Stack::start(&[]);
+    let show = stack.create_show(1, 5);
+
+    // Right after start, before seat-lock's first rebalance: most likely still requested.
+    let early = stack.book(&show, &["A-1-1"], "sim_ok", "early");
+    let (status, _) = stack.request(
+        "DELETE",
+        &format!("/bookings/{early}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 202);
+    let early = stack.wait_for_status(&early, "cancelled");
+    assert_eq!(early["refund_status"], "none", "{early:#}");
+
+    // Held (the payment takes 3 s): cancelled; the payment that lands afterwards is refunded.
+    let held = stack.book(&show, &["A-1-2"], "sim_slow_3000", "held");
+    stack.wait_for_status(&held, "held");
+    let (status, _) = stack.request(
+        "DELETE",
+        &format!("/bookings/{held}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 202);
+    let held = stack.wait_for(&held, Duration::from_secs(30), |b| {
+        b["refund_status"] == "refunded"
+    });
+    assert_eq!(held["status"], "cancelled");
+
+    // Confirmed: cancelled, refunded, and the sold seat goes back on sale.
+    let confirmed = stack.book(&show, &["A-1-3"], "sim_ok", "confirmed");
+    stack.wait_for_status(&confirmed, "confirmed");
+    let (status, _) = stack.request(
+        "DELETE",
+        &format!("/bookings/{confirmed}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 202);
+    let confirmed = stack.wait_for(&confirmed, Duration::from_secs(30), |b| {
+        b["refund_status"] == "refunded"
+    });
+    assert_eq!(confirmed["status"], "cancelled");
+
+    // Every seat is free again: one booking takes all three.
+    let again = stack.book(&show, &["A-1-1", "A-1-2", "A-1-3"], "sim_ok", "again");
+    stack.wait_for_status(&again, "confirmed");
+    let (_, seats) = stack.request(
+        "GET",
+        &format!("/shows/{show}/seats"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    let sold: Vec<&Value> = seats["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "sold")
+        .collect();
+    assert_eq!(sold.len(), 3, "{seats:#}");
+    assert!(sold.iter().all(|seat| seat["booking_id"] == again.as_str()));
+}
+
+#[test]
+fn hold_expiry_and_a_payment_racing_it() {
+    // Holds of 7 s; payment starts only with 5 s left.
+    let stack = Stack::start(&[("ZQ_HOLD_SECONDS", "7")]);
+    let show = stack.create_show(1, 5);
+
+    // The payment takes 9 s: the hold expires first, the seats are resold, the payment that
+    // lands afterwards is refunded, and an operator hears of it.
+    let slow = stack.book(&show, &["A-1-1"], "sim_slow_9000", "slow");
+    stack.wait_for_status(&slow, "expired");
+    let resale = stack.book(&show, &["A-1-1"], "sim_ok", "resale");
+    stack.wait_for_status(&resale, "confirmed");
+    let slow = stack.wait_for(&slow, Duration::from_secs(30), |b| {
+        b["refund_status"] == "refunded"
+    });
+    assert_eq!(slow["status"], "failed", "{slow:#}");
+    let letters = stack.dead_letters("?cause=expired-seats");
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["group"], "seat-lock");
+    let (_, seats) = stack.request(
+        "GET",
+        &format!("/shows/{show}/seats"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    let seat = &seats["seats"][0];
+    assert_eq!(
+        (seat["state"].as_str(), seat["booking_id"].as_str()),
+        (Some("sold"), Some(resale.as_str()))
+    );
+
+    // An unpaid hold (payment never starts with under 5 s left? here it has 7 s; decline it
+    // slowly instead) simply expires, and the seat can be held again.
+    let lapsed = stack.book(&show, &["A-1-2"], "sim_slow_20000", "lapsed");
+    stack.wait_for_status(&lapsed, "expired");
+    let next = stack.book(&show, &["A-1-2"], "sim_ok", "next");
+    stack.wait_for_status(&next, "confirmed");
+}
+
+/// Produce a raw record to `zq.booking-events` with the given `ce_type` and value.
+async fn produce(kafka: &testkit::KafkaBroker, key: &str, ce_type: Option<&str>, value: &[u8]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "ce_id",
+            value: Some(id.as_str()),
+        })
+        .insert(Header {
+            key: "ce_subject",
+            value: Some("booking-poison"),
+        })
+        .insert(Header {
+            key: "ce_position",
+            value: Some("999999"),
+        })
+        .insert(Header {
+            key: "ce_streamversion",
+            value: Some("1"),
+        });
+    if let Some(ce_type) = ce_type {
+        headers = headers.insert(Header {
+            key: "ce_type",
+            value: Some(ce_type),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to("zq.booking-events")
+                .key(key)
+                .payload(value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_unknown_types_skipped() {
+    let stack = tokio::task::block_in_place(|| Stack::start(&[]));
+    let show = tokio::task::block_in_place(|| stack.create_show(1, 5));
+    // A subscribed type whose data does not decode (payment's), bad JSON (seat-lock's), and a
+    // type no service knows, all on the show's partition, before a good booking.
+    produce(
+        &stack.kafka,
+        &show,
+        Some("zingqueue.booking.seats_held.v1"),
+        br#"{"not":"a hold"}"#,
+    )
+    .await;
+    produce(
+        &stack.kafka,
+        &show,
+        Some("zingqueue.booking.requested.v1"),
+        b"{not json",
+    )
+    .await;
+    produce(
+        &stack.kafka,
+        &show,
+        Some("zingqueue.booking.teleported.v1"),
+        br#"{"to":"mars"}"#,
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        let booking = stack.book(&show, &["A-1-1"], "sim_ok", "after-poison");
+        stack.wait_for_status(&booking, "confirmed");
+        stack.wait_for_emails("after-poison", 1);
+        let letters = stack.dead_letters("?cause=poison");
+        let mut by_group: Vec<(String, String)> = letters
+            .iter()
+            .map(|l| {
+                (
+                    l["group"].as_str().unwrap().to_string(),
+                    l["event_type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        by_group.sort();
+        assert_eq!(
+            by_group,
+            [
+                ("payment".to_string(), "booking.seats_held.v1".to_string()),
+                ("seat-lock".to_string(), "booking.requested.v1".to_string()),
+            ],
+            "{letters:#?}"
+        );
+        assert!(
+            letters
+                .iter()
+                .all(|l| l["reason"].as_str().unwrap().contains("invalid data")),
+            "{letters:#?}"
+        );
+        assert!(letters.iter().all(|l| l["payload"].is_string()));
+    });
+    // Mirrored to zq.dlq.poison with the headers that name the error.
+    let mirrored = read_topic(&stack.kafka, "zq.dlq.poison", 2).await;
+    assert_eq!(mirrored.len(), 2);
+    for headers in &mirrored {
+        assert_eq!(
+            headers.get("zq_dlq_cause").map(String::as_str),
+            Some("poison")
+        );
+        assert!(
+            headers
+                .get("zq_dlq_reason")
+                .is_some_and(|r| r.contains("invalid data"))
+        );
+        assert!(
+            headers.contains_key("zq_dlq_first_failure")
+                && headers.contains_key("zq_dlq_source_offset")
+        );
+        assert!(
+            headers.contains_key("ce_type"),
+            "the original headers travel too"
+        );
+    }
+}
+
+/// The headers of the first `count` records of a one-partition topic.
+async fn read_topic(
+    kafka: &testkit::KafkaBroker,
+    topic: &str,
+    count: usize,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut found = Vec::new();
+    while found.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the DLQ topic has the mirrored records")
+            .unwrap();
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| {
+                        Some((
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value?).into_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.push(headers);
+    }
+    found
+}
+
+/// Commit offset 0 on every partition for `group`, from a member of the group (the mock
+/// refuses commits from non-members).
+fn rewind_group(kafka: &testkit::KafkaBroker, group: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["zq.booking-events"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().unwrap().count() < 4 {
+        assert!(Instant::now() < deadline, "never joined {group}");
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    for partition in 0..4 {
+        offsets
+            .add_partition_offset("zq.booking-events", partition, rdkafka::Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+    consumer.unsubscribe();
+}
+
+/// The group's committed offsets, summed over partitions.
+fn committed(kafka: &testkit::KafkaBroker, group: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..4 {
+        partitions.add_partition("zq.booking-events", partition);
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(offset) => offset,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn log_head(stack: &Stack) -> u64 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = event_store::open(&stack.database.url).await.unwrap();
+        store.head().await.unwrap().0
+    })
+}
+
+#[test]
+fn redelivery_from_offset_zero_repeats_no_effect() {
+    let mut stack = Stack::start(&[]);
+    let show = stack.create_show(1, 5);
+    let confirmed = stack.book(&show, &["A-1-1"], "sim_ok", "kept");
+    let rejected = stack.book(&show, &["A-1-1"], "sim_ok", "late");
+    let declined = stack.book(&show, &["A-1-2"], "sim_declined", "declined");
+    for booking in [&confirmed, &rejected, &declined] {
+        stack.wait_for(booking, Duration::from_secs(60), |b| {
+            is_terminal(b) && timeline(b).contains(&"email_sent".to_string())
+        });
+    }
+    let emails = stack.smtp.messages().len();
+    assert_eq!(emails, 3);
+    stack.stop();
+    let head = log_head(&stack);
+    let end: i64 = committed(&stack.kafka, "seat-lock");
+    assert!(end > 0);
+
+    for group in ["seat-lock", "payment", "notifier"] {
+        rewind_group(&stack.kafka, group);
+        assert_eq!(committed(&stack.kafka, group), 0, "{group} rewound");
+    }
+    stack.launch();
+    // Every group works through the whole topic again...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for group in ["seat-lock", "payment", "notifier"] {
+        while committed(&stack.kafka, group) < end {
+            assert!(Instant::now() < deadline, "{group} never caught up again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // ...and does nothing twice: no hold, charge, sale, email or event.
+    assert_eq!(
+        log_head(&stack),
+        head,
+        "no event was appended by the redelivery"
+    );
+    assert_eq!(
+        stack.smtp.messages().len(),
+        emails,
+        "no email was sent again"
+    );
+    assert_eq!(stack.booking(&confirmed)["status"], "confirmed");
+}
+
+/// Send a raw command to Redis and return its answer.
+fn redis_command(url: &str, command: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("redis://");
+    let (address, database) = rest.split_once('/').unwrap_or((rest, "0"));
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "SELECT {database}\r\n{command}\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut answer = vec![0; 4096];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[test]
+fn redis_flushed_and_restarted_mid_sale_never_sells_a_seat_twice() {
+    let stack = Stack::start(&[]);
+    let show = stack.create_show(2, 10);
+    let seats: Vec<String> = (1..=2)
+        .flat_map(|row| (1..=10).map(move |n| format!("A-{row}-{n}")))
+        .collect();
+    let mut bookings = Vec::new();
+    for i in 0..90usize {
+        // Deterministic contention: overlapping pairs of seats.
+        let first = &seats[(i * 7) % seats.len()];
+        let second = &seats[(i * 7 + 1) % seats.len()];
+        let wanted: Vec<&str> = if i % 3 == 0 {
+            vec![first]
+        } else {
+            vec![first, second]
+        };
+        bookings.push(stack.book(&show, &wanted, "sim_ok", &format!("fan{i}")));
+        if i == 30 {
+            assert!(redis_command(&stack.redis.url, "FLUSHDB").contains("+OK"));
+        }
+        if i == 60 {
+            // What a restart without persistence looks like to clients: every connection
+            // dropped and the data gone.
+            assert!(redis_command(&stack.redis.url, "FLUSHDB").contains("+OK"));
+            redis_command(&stack.redis.url, "CLIENT KILL TYPE normal SKIPME yes");
+        }
+    }
+    let mut owner_of: std::collections::HashMap<String, String> = Default::default();
+    let mut confirmed = 0;
+    for booking in &bookings {
+        let booking = stack.wait_for(booking, Duration::from_secs(90), is_terminal);
+        if booking["status"] == "confirmed" {
+            confirmed += 1;
+            for seat in booking["seats"].as_array().unwrap() {
+                let previous = owner_of.insert(
+                    seat.as_str().unwrap().to_string(),
+                    booking["booking_id"].as_str().unwrap().to_string(),
+                );
+                assert!(previous.is_none(), "seat {seat} confirmed twice");
+            }
+        }
+    }
+    assert!(confirmed > 0);
+    // Rebuilt from the log after each flush: a seat sold before was never held again (which
+    // would end in a paid booking losing its seats: `failed`, refunded, an expired-seats dead
+    // letter), it was rejected at once.
+    for booking in &bookings {
+        assert_ne!(stack.booking(booking)["status"], "failed");
+    }
+    assert!(stack.dead_letters("?cause=expired-seats").is_empty());
+    let (_, map) = stack.request(
+        "GET",
+        &format!("/shows/{show}/seats"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    for seat in map["seats"].as_array().unwrap() {
+        let name = seat["seat"].as_str().unwrap();
+        match owner_of.get(name) {
+            Some(owner) => assert_eq!(
+                (seat["state"].as_str(), seat["booking_id"].as_str()),
+                (Some("sold"), Some(owner.as_str()))
+            ),
+            None => assert_eq!(seat["state"], "free", "{seat}"),
+        }
+    }
+}

@@ -14,7 +14,7 @@ const ADMIN: &str = "saga-test-admin-token";
 /// One `zingqueue up` and the servers it runs on.
 struct Stack {
     up: Option<Running>,
-    api: String,
+    client: Client,
     env: Vec<(String, String)>,
     _data_dir: tempfile::TempDir,
     database: testkit::PostgresDatabase,
@@ -63,7 +63,7 @@ impl Stack {
         }
         let mut stack = Stack {
             up: None,
-            api: String::new(),
+            client: Client { api: String::new() },
             env,
             _data_dir: data_dir,
             database,
@@ -82,7 +82,7 @@ impl Stack {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let (up, api) = spawn_until(&["up"], &env, "api:");
-        self.api = api.trim_start_matches("http://").to_string();
+        self.client.api = api.trim_start_matches("http://").to_string();
         self.up = Some(up);
     }
 
@@ -92,6 +92,33 @@ impl Stack {
         }
     }
 
+    fn emails_to(&self, customer: &str) -> Vec<String> {
+        let address = format!("{customer}@example.com");
+        self.smtp
+            .messages()
+            .into_iter()
+            .filter(|m| m.contains(&address))
+            .collect()
+    }
+
+    fn wait_for_emails(&self, customer: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let emails = self.emails_to(customer);
+            if emails.len() >= count || Instant::now() > deadline {
+                return emails;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// HTTP against the API, as a client would use it.
+struct Client {
+    api: String,
+}
+
+impl Client {
     fn request(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
         let body = if body.is_null() {
             String::new()
@@ -174,25 +201,13 @@ impl Stack {
         assert_eq!(status, 200, "{body}");
         body.as_array().unwrap().clone()
     }
+}
 
-    fn emails_to(&self, customer: &str) -> Vec<String> {
-        let address = format!("{customer}@example.com");
-        self.smtp
-            .messages()
-            .into_iter()
-            .filter(|m| m.contains(&address))
-            .collect()
-    }
+impl std::ops::Deref for Stack {
+    type Target = Client;
 
-    fn wait_for_emails(&self, customer: &str, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let emails = self.emails_to(customer);
-            if emails.len() >= count || Instant::now() > deadline {
-                return emails;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -825,4 +840,78 @@ fn redis_flushed_and_restarted_mid_sale_never_sells_a_seat_twice() {
             None => assert_eq!(seat["state"], "free", "{seat}"),
         }
     }
+}
+
+#[test]
+fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
+    let database = testkit::postgres();
+    let redis = testkit::redis();
+    let kafka = testkit::kafka();
+    kafka.create_topic("zq.booking-events", 4).unwrap();
+    for cause in [
+        "poison",
+        "handler-failed",
+        "expired-seats",
+        "payment-exhausted",
+        "email-failed",
+    ] {
+        kafka.create_topic(&format!("zq.dlq.{cause}"), 1).unwrap();
+    }
+    let smtp = testkit::smtp();
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ZQ_DATABASE_URL", database.url.as_str()),
+        ("ZQ_KAFKA_BROKERS", kafka.bootstrap_servers.as_str()),
+        ("ZQ_REDIS_URL", redis.url.as_str()),
+        ("ZQ_SMTP_URL", smtp.url.as_str()),
+        ("ZQ_ADMIN_TOKEN", ADMIN),
+        ("ZQ_LISTEN", "127.0.0.1:0"),
+        ("ZQ_DATA_DIR", data_dir.path().to_str().unwrap()),
+        ("ZQ_PARTITIONS", "4"),
+        ("ZQ_SESSION_TIMEOUT_MS", "3000"),
+        ("RUST_LOG", "warn"),
+    ];
+    let (_api, api) = spawn_until(&["run", "api"], &env, "api:");
+    let (_relay, _) = spawn_until(&["run", "relay"], &env, "relay:");
+    let (seat_lock_a, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
+    let (_seat_lock_b, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
+    let (payment_a, _) = spawn_until(&["run", "payment"], &env, "payment:");
+    let (_payment_b, _) = spawn_until(&["run", "payment"], &env, "payment:");
+    let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
+    let api = api
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let client = Client { api };
+
+    // Several shows, so that both members of each group own busy partitions.
+    let shows: Vec<String> = (0..4).map(|_| client.create_show(2, 5)).collect();
+    let mut bookings = Vec::new();
+    let mut killed = (Some(seat_lock_a), Some(payment_a));
+    for i in 0..60usize {
+        let show = &shows[i % shows.len()];
+        let seat = format!("A-{}-{}", 1 + (i / 4) % 2, 1 + (i / 8) % 5);
+        bookings.push(client.book(show, &[&seat], "sim_ok", &format!("p{i}")));
+        if i == 30 {
+            // Killed outright, mid-sale: their partitions move to the survivors.
+            drop(killed.0.take());
+            drop(killed.1.take());
+        }
+    }
+    let mut owners = std::collections::HashMap::new();
+    for booking in &bookings {
+        let booking = client.wait_for(booking, Duration::from_secs(120), is_terminal);
+        if booking["status"] == "confirmed" {
+            let key = (booking["show_id"].to_string(), booking["seats"].to_string());
+            assert!(
+                owners
+                    .insert(key, booking["booking_id"].to_string())
+                    .is_none(),
+                "sold twice: {booking:#}"
+            );
+        }
+    }
+    assert!(!owners.is_empty());
 }

@@ -251,6 +251,8 @@ struct SaleRun {
     drain_seconds: f64,
     /// Last 202 → the bench saw every booking terminal, by this process's clock.
     drain_observed_seconds: f64,
+    /// Latency of each step of the saga, by `recorded_at`.
+    stages: String,
     check: SaleCheck,
 }
 
@@ -276,13 +278,14 @@ impl SaleRun {
     fn summary(&self) -> String {
         format!(
             "{} accepted ({} refused and retried), {}/s; {} terminal/s; confirmed p50 {:.0} ms, \
-             p99 {:.0} ms; drain {:.1} s by the store's clock ({:.1} s observed); {}",
+             p99 {:.0} ms ({}); drain {:.1} s by the store's clock ({:.1} s observed); {}",
             self.accepted,
             self.refused,
             rate(self.accepted_per_second),
             rate(self.terminal_per_second),
             self.confirm_p50_ms,
             self.confirm_p99_ms,
+            self.stages,
             self.drain_seconds,
             self.drain_observed_seconds,
             self.outcome()
@@ -532,14 +535,45 @@ async fn drive(
     let check = check_sale(&show_events, &log, load.accepted)?;
 
     let mut confirm = Histogram::<u64>::new(3)?;
+    // Where the time goes: seat-lock's decision, payment, seat-lock's sale.
+    let mut stages = [
+        Histogram::<u64>::new(3)?,
+        Histogram::<u64>::new(3)?,
+        Histogram::<u64>::new(3)?,
+    ];
+    let micros = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        (to - from).num_microseconds().unwrap_or(i64::MAX).max(1) as u64
+    };
     for booking in log.bookings.values() {
-        if let (Some(requested), Some(confirmed)) = (booking.requested_at, booking.confirmed_at) {
-            let micros = (confirmed - requested)
-                .num_microseconds()
-                .unwrap_or(i64::MAX);
-            confirm.record(micros.max(1) as u64)?;
+        let steps = [
+            booking.requested_at,
+            booking.decided_at,
+            booking.paid_at,
+            booking.confirmed_at,
+        ];
+        if let (Some(requested), Some(confirmed)) = (steps[0], steps[3]) {
+            confirm.record(micros(requested, confirmed))?;
+        }
+        for (stage, pair) in stages.iter_mut().zip(steps.windows(2)) {
+            if let [Some(from), Some(to)] = pair {
+                stage.record(micros(*from, *to))?;
+            }
         }
     }
+    let [decided, paid, sold] = &stages;
+    let p = |histogram: &Histogram<u64>, quantile| {
+        histogram.value_at_quantile(quantile) as f64 / 1000.0
+    };
+    let stages = format!(
+        "requested → held/rejected p50 {:.0} ms, p99 {:.0} ms; held → paid p50 {:.0} ms, p99 \
+         {:.0} ms; paid → confirmed p50 {:.0} ms, p99 {:.0} ms",
+        p(decided, 0.5),
+        p(decided, 0.99),
+        p(paid, 0.5),
+        p(paid, 0.99),
+        p(sold, 0.5),
+        p(sold, 0.99)
+    );
     let first_requested = log.bookings.values().filter_map(|b| b.requested_at).min();
     let last_requested = log.bookings.values().filter_map(|b| b.requested_at).max();
     let last_terminal = log.bookings.values().filter_map(|b| b.terminal_at).max();
@@ -563,6 +597,7 @@ async fn drive(
         },
         drain_observed_seconds: all_terminal_at
             .map_or(f64::INFINITY, |at| (at - load.ended).as_secs_f64()),
+        stages,
         check,
     })
 }
@@ -761,6 +796,9 @@ struct BookingTrack {
     status: Status,
     seats: Vec<String>,
     requested_at: Option<DateTime<Utc>>,
+    /// When seat-lock decided: seats held, or the booking rejected.
+    decided_at: Option<DateTime<Utc>>,
+    paid_at: Option<DateTime<Utc>>,
     confirmed_at: Option<DateTime<Utc>>,
     /// When it first became terminal.
     terminal_at: Option<DateTime<Utc>>,
@@ -812,6 +850,8 @@ impl LogFold {
                     status: Status::Requested,
                     seats,
                     requested_at: Some(event.recorded_at),
+                    decided_at: None,
+                    paid_at: None,
                     confirmed_at: None,
                     terminal_at: None,
                 },
@@ -827,8 +867,13 @@ impl LogFold {
         };
         let before = booking.status;
         booking.status = before.after(&event.event_type);
-        if booking.status == Status::Confirmed && before != Status::Confirmed {
-            booking.confirmed_at = Some(event.recorded_at);
+        if before == Status::Requested && booking.status != before && booking.decided_at.is_none() {
+            booking.decided_at = Some(event.recorded_at);
+        }
+        match (before, booking.status) {
+            (Status::Held, Status::Paid) => booking.paid_at = Some(event.recorded_at),
+            (Status::Paid, Status::Confirmed) => booking.confirmed_at = Some(event.recorded_at),
+            _ => {}
         }
         if booking.status.is_terminal() && booking.terminal_at.is_none() {
             booking.terminal_at = Some(event.recorded_at);
@@ -976,12 +1021,17 @@ impl FreshDatabase {
         let mut connection = sqlx::PgConnection::connect(admin_url)
             .await
             .context("connecting to the benchmark Postgres")?;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
-        .execute(&mut connection)
-        .await
-        .with_context(|| format!("creating database {name}"))?;
+        // One statement each: CREATE DATABASE refuses to run inside a transaction block, which
+        // is what several statements of one simple query are.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::raw_sql(&statement)
+                .execute(&mut connection)
+                .await
+                .with_context(|| format!("{statement} on the benchmark Postgres"))?;
+        }
         connection.close().await?;
         Ok(FreshDatabase {
             url: with_database(admin_url, &name)?,

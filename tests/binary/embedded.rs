@@ -1,0 +1,241 @@
+//! The embedded default (`zingqueue up` with no servers: SQLite, the in-process broker, the
+//! in-process hold store, mail to a folder) under the two things it must survive: a backlog far
+//! beyond what the in-process broker keeps (it drops a partition's oldest records past ~5 MiB),
+//! and being killed mid-sale.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Running, http, spawn_until};
+
+const ADMIN: &str = "embedded-test-admin-token";
+
+fn up(data_dir: &std::path::Path) -> (Running, String) {
+    let env = [
+        ("ZQ_DATA_DIR", data_dir.to_str().unwrap()),
+        ("ZQ_LISTEN", "127.0.0.1:0"),
+        ("ZQ_ADMIN_TOKEN", ADMIN),
+        ("RUST_LOG", "warn"),
+    ];
+    let (running, api) = spawn_until(&["up"], &env, "api:");
+    (running, api.trim_start_matches("http://").to_string())
+}
+
+fn request(api: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http(api, method, path, Some(ADMIN), &body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn create_show(api: &str, rows: u32, seats_per_row: u32) -> String {
+    let (status, body) = request(
+        api,
+        "POST",
+        "/shows",
+        &json!({
+            "name": "Embedded Live", "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
+            "sections": [{"name": "A", "rows": rows, "seats_per_row": seats_per_row, "price_cents": 4500}]
+        }),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["show_id"].as_str().unwrap().to_string()
+}
+
+/// Book seats `A-<row>-<n>` one per booking, from `threads` clients at once.
+fn book_all(api: &str, show: &str, seats: &[String], threads: usize) -> Vec<String> {
+    let chunks: Vec<Vec<String>> = seats
+        .chunks(seats.len().div_ceil(threads))
+        .map(<[String]>::to_vec)
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let (api, show) = (api.to_string(), show.to_string());
+            std::thread::spawn(move || {
+                chunk
+                    .iter()
+                    .map(|seat| {
+                        let customer = format!("c-{seat}");
+                        let (status, body) = request(
+                            &api,
+                            "POST",
+                            "/bookings",
+                            &json!({
+                                "show_id": show, "seats": [seat], "payment_method": "sim_ok",
+                                "customer": {"id": customer, "email": format!("{customer}@example.com"), "name": customer}
+                            }),
+                        );
+                        assert_eq!(status, 202, "{body}");
+                        body["booking_id"].as_str().unwrap().to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn seats(rows: u32, per_row: u32) -> Vec<String> {
+    (1..=rows)
+        .flat_map(|row| (1..=per_row).map(move |n| format!("A-{row}-{n}")))
+        .collect()
+}
+
+/// Wait until every booking is confirmed (each had a seat of its own).
+fn wait_all_confirmed(api: &str, bookings: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut pending: Vec<&String> = bookings.iter().collect();
+    while !pending.is_empty() {
+        pending.retain(|booking| {
+            let (status, body) = request(api, "GET", &format!("/bookings/{booking}"), &Value::Null);
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                matches!(
+                    body["status"].as_str(),
+                    Some("requested" | "held" | "paid" | "confirmed")
+                ),
+                "a booking of its own seat ended otherwise: {body:#}"
+            );
+            body["status"] != "confirmed"
+        });
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} bookings never got confirmed, e.g. {}",
+            pending.len(),
+            bookings.len(),
+            pending[0]
+        );
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn a_backlog_beyond_what_the_in_process_broker_keeps_loses_nothing() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (_up, api) = up(data_dir.path());
+    // One show, so one partition: 6,000 requests of ~1 KiB each (value and headers) arrive in
+    // seconds, and every booking adds four more records (held, paid, confirmed, email) to the
+    // same partition: ~25 MiB through a partition of which the broker keeps ~5 MiB.
+    let show = create_show(&api, 100, 60);
+    let wanted = seats(100, 60);
+    let bookings = book_all(&api, &show, &wanted, 4);
+    assert_eq!(bookings.len(), 6_000);
+    wait_all_confirmed(&api, &bookings, Duration::from_secs(240));
+    let (_, map) = request(&api, "GET", &format!("/shows/{show}/seats"), &Value::Null);
+    assert!(
+        map["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|seat| seat["state"] == "sold")
+    );
+    // The notifier follows the confirmations: one email per booking, each its own file.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // Only finished messages: the mailer writes a hidden temporary file, then renames it.
+        let mail = std::fs::read_dir(data_dir.path().join("mail"))
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+            })
+            .count();
+        assert!(mail <= 6_000, "{mail} emails for 6,000 bookings");
+        if mail == 6_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {mail} of 6,000 emails were written"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn killed_mid_sale_and_started_again_every_booking_ends_and_dead_letters_survive() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (up_first, api) = up(data_dir.path());
+    let show = create_show(&api, 10, 50);
+    // A poison record on the in-process broker: a dead letter that must outlive the broker.
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.path().join("endpoints.json")).unwrap())
+            .unwrap();
+    let brokers = endpoints["kafka_brokers"].as_str().unwrap().to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_type",
+                value: Some("zingqueue.booking.requested.v1"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some("0190c0de-0000-7000-8000-000000000001"),
+            });
+        producer
+            .send(
+                FutureRecord::to("zq.booking-events")
+                    .key(&show)
+                    .payload("{broken")
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    });
+    let wanted = seats(10, 50);
+    let bookings = book_all(&api, &show, &wanted, 4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, letters) = request(
+            &api,
+            "GET",
+            "/admin/dead-letters?cause=poison",
+            &Value::Null,
+        );
+        if letters.as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poison record was never dead-lettered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Killed outright (SIGKILL), most bookings still on their way.
+    drop(up_first);
+
+    let (_up, api) = up(data_dir.path());
+    wait_all_confirmed(&api, &bookings, Duration::from_secs(120));
+    let (_, letters) = request(
+        &api,
+        "GET",
+        "/admin/dead-letters?cause=poison",
+        &Value::Null,
+    );
+    let letters = letters.as_array().unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "the dead letter survived, and only once: {letters:#?}"
+    );
+    assert_eq!(letters[0]["group"], "seat-lock");
+}

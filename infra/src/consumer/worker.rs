@@ -45,11 +45,11 @@ impl WorkerShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records finished up to `offset` (exclusive) on `partition`, the last at `position`.
+    /// Records finished up to and including `last_offset` on `partition`, the last at `position`.
     fn finished(
         &self,
         partition: i32,
-        next_offset: i64,
+        last_offset: i64,
         position: Option<Position>,
         revoked: &AtomicBool,
     ) {
@@ -59,7 +59,8 @@ impl WorkerShared {
         }
         if let Err(error) = self
             .consumer
-            .store_offset(&self.topic, partition, next_offset)
+            // librdkafka stores `offset + 1`, the next record to read: pass the last one done.
+            .store_offset(&self.topic, partition, last_offset)
         {
             debug!(%error, partition, "storing an offset failed (partition revoked?)");
         }
@@ -150,7 +151,7 @@ async fn in_order(
         if shared.stopped(&revoked) {
             return;
         }
-        let next_offset = batch.last().map_or(0, |raw| raw.offset + 1);
+        let last_offset = batch.last().map_or(0, |raw| raw.offset);
         let positions: Vec<Option<Position>> = batch.iter().map(RawRecord::log_position).collect();
         let span =
             info_span!("consume_batch", group = %shared.group, partition, records = batch.len());
@@ -161,7 +162,7 @@ async fn in_order(
             return;
         }
         let last_position = positions.iter().rev().flatten().next().copied();
-        shared.finished(partition, next_offset, last_position, &revoked);
+        shared.finished(partition, last_offset, last_position, &revoked);
         for position in positions {
             shared.complete_position(position);
         }
@@ -326,7 +327,7 @@ async fn concurrent(
                     passed = Some((offset, position));
                 }
                 if let Some((offset, position)) = passed {
-                    shared.finished(partition, offset + 1, position, &revoked);
+                    shared.finished(partition, offset, position, &revoked);
                 }
             }
             else => break,

@@ -48,6 +48,15 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .as_deref()
         .is_none_or(|brokers| brokers.trim().is_empty());
     let (brokers, topic_admin) = super::kafka(global, true)?;
+    // Every topic exists before anything is announced: a client producing to a missing topic
+    // would have the broker create it with its own partition count.
+    infra::consumer::ensure_topics(
+        topic_admin.as_ref(),
+        infra::kafka::BOOKING_EVENTS_TOPIC,
+        global.partitions,
+    )
+    .await
+    .context("creating the topics")?;
     let listener = tokio::net::TcpListener::bind(global.listen)
         .await
         .with_context(|| format!("listening on {}", global.listen))?;

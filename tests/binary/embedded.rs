@@ -13,11 +13,12 @@ use support::{Running, http, spawn_until};
 const ADMIN: &str = "embedded-test-admin-token";
 
 fn up(data_dir: &std::path::Path) -> (Running, String) {
+    let log = std::env::var("ZQ_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into());
     let env = [
         ("ZQ_DATA_DIR", data_dir.to_str().unwrap()),
         ("ZQ_LISTEN", "127.0.0.1:0"),
         ("ZQ_ADMIN_TOKEN", ADMIN),
-        ("RUST_LOG", "warn"),
+        ("RUST_LOG", log.as_str()),
     ];
     let (running, api) = spawn_until(&["up"], &env, "api:");
     (running, api.trim_start_matches("http://").to_string())

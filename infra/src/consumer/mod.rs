@@ -270,6 +270,21 @@ impl DefaultRebalance {
     }
 }
 
+/// Create (or check) the topic the groups consume and every DLQ topic (one partition each).
+/// Everything is created up front: a producer touching a missing topic would have the broker
+/// auto-create it with its own default partition count.
+pub async fn ensure_topics(
+    admin: &dyn TopicAdmin,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), crate::kafka::TopicError> {
+    admin.ensure_topic(topic, partitions).await?;
+    for cause in DLQ_CAUSES {
+        admin.ensure_topic(&dlq_topic(cause), 1).await?;
+    }
+    Ok(())
+}
+
 /// One consumer group member running a handler.
 pub struct ConsumerGroup {
     config: ConsumerConfig,
@@ -304,10 +319,7 @@ impl ConsumerGroup {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ConsumerError> {
         let config = &self.config;
-        admin.ensure_topic(&config.topic, config.partitions).await?;
-        for cause in DLQ_CAUSES {
-            admin.ensure_topic(&dlq_topic(cause), 1).await?;
-        }
+        ensure_topics(admin, &config.topic, config.partitions).await?;
         let watermark_start = match &config.track_watermark {
             Some(_) => self
                 .store
@@ -536,6 +548,9 @@ impl Dispatcher {
                         old.revoke();
                     }
                     self.waiting.remove(&partition);
+                    // A partition paused for a full queue before a rebalance must not stay
+                    // paused: the new worker's queue is empty.
+                    self.resume(partition);
                     self.start_worker(partition);
                 }
             }

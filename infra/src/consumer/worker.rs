@@ -439,9 +439,13 @@ async fn handle_one(
     record: &EventRecord,
     revoked: &AtomicBool,
 ) -> bool {
+    let booking_id = match &record.event {
+        domain::DomainEvent::Booking(event) => Some(event.booking_id()),
+        domain::DomainEvent::Show(event) => event.booking_id(),
+    };
     let span = info_span!("consume", group = %shared.group, event_id = %record.event_id,
-                          event_type = %record.event_type, stream = %record.stream_id,
-                          position = %record.position);
+                          event_type = %record.event_type, show_id = %record.event.show_id(),
+                          booking_id = ?booking_id, position = %record.position);
     async {
         let first_failed_at = Utc::now();
         let mut attempt = 0u32;

@@ -180,6 +180,7 @@ pub enum DlqCommand {
         /// Only this status (dead, redrive_requested, redriven).
         #[arg(long, env = "ZQ_DLQ_STATUS")]
         status: Option<String>,
+        /// At most this many letters, newest first.
         #[arg(long, env = "ZQ_DLQ_LIMIT", default_value_t = 100)]
         limit: u32,
     },

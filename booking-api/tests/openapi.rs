@@ -47,12 +47,15 @@ async fn the_document_lists_exactly_the_routed_operations() {
         documented,
         [
             "DELETE /bookings/{booking_id}",
+            "GET /admin/dead-letters",
+            "GET /admin/dead-letters/{id}",
             "GET /bookings/{booking_id}",
             "GET /healthz",
             "GET /openapi.json",
             "GET /readyz",
             "GET /shows/{show_id}",
             "GET /shows/{show_id}/seats",
+            "POST /admin/dead-letters/{id}/redrive",
             "POST /bookings",
             "POST /shows",
         ]

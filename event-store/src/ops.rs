@@ -21,6 +21,8 @@ pub enum DeadLetterStatus {
     Dead,
     /// An operator asked for it to be processed again; its group picks it up.
     RedriveRequested,
+    /// A member of its group claimed it and is processing it again.
+    Redriving,
     /// Processed again successfully: resolved.
     Redriven,
 }
@@ -30,6 +32,7 @@ impl DeadLetterStatus {
         match self {
             Self::Dead => "dead",
             Self::RedriveRequested => "redrive_requested",
+            Self::Redriving => "redriving",
             Self::Redriven => "redriven",
         }
     }
@@ -38,6 +41,7 @@ impl DeadLetterStatus {
         match text {
             "dead" => Some(Self::Dead),
             "redrive_requested" => Some(Self::RedriveRequested),
+            "redriving" => Some(Self::Redriving),
             "redriven" => Some(Self::Redriven),
             _ => None,
         }
@@ -190,7 +194,8 @@ macro_rules! operations {
         }
 
         /// Store a dead letter unless the same record is stored already; returns its id and
-        /// whether it is new.
+        /// whether it is new. A letter that was redriven and fails again is dead again (and
+        /// mirrored again), rather than hidden behind its resolved row.
         pub(crate) async fn record_dead_letter(
             pool: &$pool,
             letter: &NewDeadLetter,
@@ -205,7 +210,10 @@ macro_rules! operations {
                  position, attempts, first_failed_at, last_failed_at, status, recorded_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  'dead', $17) \
-                 ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING id",
+                 ON CONFLICT (group_name, dedup_key) DO UPDATE SET status = 'dead', \
+                 cause = excluded.cause, reason = excluded.reason, attempts = excluded.attempts, \
+                 last_failed_at = excluded.last_failed_at, mirrored = false, resolved_at = NULL \
+                 WHERE zq_dead_letters.status = 'redriven' RETURNING id",
             )
             .bind(&letter.group)
             .bind(&dedup_key)
@@ -276,7 +284,7 @@ macro_rules! operations {
         ) -> Result<Option<DeadLetterStatus>, StoreError> {
             sqlx::query(
                 "UPDATE zq_dead_letters SET status = 'redrive_requested' \
-                 WHERE id = $1 AND status = 'dead'",
+                 WHERE id = $1 AND status IN ('dead', 'redriving')",
             )
             .bind(id)
             .execute(pool)
@@ -301,6 +309,18 @@ macro_rules! operations {
             rows.iter().map(dead_letter_from_row).collect()
         }
 
+        /// Claim a requested redrive for this member: only one member of the group runs it.
+        pub(crate) async fn claim_redrive(pool: &$pool, id: i64) -> Result<bool, StoreError> {
+            let claimed = sqlx::query(
+                "UPDATE zq_dead_letters SET status = 'redriving' \
+                 WHERE id = $1 AND status = 'redrive_requested'",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(claimed.rows_affected() == 1)
+        }
+
         /// Record the outcome of a redrive: resolved, or dead again with the new reason.
         pub(crate) async fn finish_redrive(
             pool: &$pool,
@@ -313,7 +333,7 @@ macro_rules! operations {
                     sqlx::query(
                         "UPDATE zq_dead_letters SET status = 'redriven', \
                          redrives = redrives + 1, resolved_at = $2 \
-                         WHERE id = $1 AND status = 'redrive_requested'",
+                         WHERE id = $1 AND status = 'redriving'",
                     )
                     .bind(id)
                     .bind(now)
@@ -324,7 +344,7 @@ macro_rules! operations {
                     sqlx::query(
                         "UPDATE zq_dead_letters SET status = 'dead', redrives = redrives + 1, \
                          attempts = attempts + 1, reason = $2, last_failed_at = $3 \
-                         WHERE id = $1 AND status = 'redrive_requested'",
+                         WHERE id = $1 AND status = 'redriving'",
                     )
                     .bind(id)
                     .bind(reason)

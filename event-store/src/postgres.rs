@@ -185,6 +185,10 @@ impl EventStore for PostgresEventStore {
         operations::pending_redrives(&self.pool, group, limit).await
     }
 
+    async fn claim_redrive(&self, id: i64) -> Result<bool, StoreError> {
+        operations::claim_redrive(&self.pool, id).await
+    }
+
     async fn finish_redrive(&self, id: i64, failure: Option<&str>) -> Result<(), StoreError> {
         operations::finish_redrive(&self.pool, id, failure).await
     }

@@ -225,6 +225,10 @@ impl EventStore for SqliteEventStore {
         operations::pending_redrives(&self.pool, group, limit).await
     }
 
+    async fn claim_redrive(&self, id: i64) -> Result<bool, StoreError> {
+        operations::claim_redrive(&self.side_writes, id).await
+    }
+
     async fn finish_redrive(&self, id: i64, failure: Option<&str>) -> Result<(), StoreError> {
         operations::finish_redrive(&self.side_writes, id, failure).await
     }

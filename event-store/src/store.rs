@@ -90,6 +90,10 @@ pub trait EventStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// Claim a requested redrive, so that one member of the group runs it; false when another
+    /// member (or an earlier round) has it.
+    async fn claim_redrive(&self, id: i64) -> Result<bool, StoreError>;
+
     /// Record a redrive's outcome: `None` resolves the letter, `Some(reason)` makes it dead again.
     async fn finish_redrive(&self, id: i64, failure: Option<&str>) -> Result<(), StoreError>;
 

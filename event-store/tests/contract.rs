@@ -652,6 +652,16 @@ async fn a_dead_letter_is_kept_once_and_redriven_once(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+    // One member claims it; another (or a second round) does not.
+    assert!(store.claim_redrive(id).await.unwrap());
+    assert!(!store.claim_redrive(id).await.unwrap());
+    assert!(
+        store
+            .pending_redrives("payment", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store
         .finish_redrive(id, Some("still broken"))
         .await
@@ -663,6 +673,7 @@ async fn a_dead_letter_is_kept_once_and_redriven_once(backend: Backend) {
     );
     assert_eq!(failed.reason, "still broken");
     store.request_redrive(id).await.unwrap();
+    assert!(store.claim_redrive(id).await.unwrap());
     store.finish_redrive(id, None).await.unwrap();
     store
         .finish_redrive(id, Some("late duplicate run"))
@@ -680,6 +691,19 @@ async fn a_dead_letter_is_kept_once_and_redriven_once(backend: Backend) {
     // Mirroring is tracked per letter.
     let unmirrored = store.unmirrored_dead_letters("payment", 10).await.unwrap();
     assert_eq!(unmirrored.len(), 2);
+    store.mark_dead_letter_mirrored(id).await.unwrap();
+
+    // Redriven, then failing again (a later delivery): the same row is dead again, to be
+    // mirrored again; a letter that is still dead is left as it is.
+    let (again_id, new) = store.record_dead_letter(&letter).await.unwrap();
+    assert_eq!((again_id, new), (id, true));
+    let dead_again = store.dead_letter(id).await.unwrap().unwrap();
+    assert_eq!(dead_again.status, DeadLetterStatus::Dead);
+    assert!(dead_again.resolved_at.is_none() && !dead_again.mirrored);
+    assert_eq!(
+        store.record_dead_letter(&letter).await.unwrap(),
+        (id, false)
+    );
     store.mark_dead_letter_mirrored(id).await.unwrap();
     let unmirrored = store.unmirrored_dead_letters("payment", 10).await.unwrap();
     assert_eq!(

@@ -25,12 +25,15 @@ impl StreamError {
     }
 }
 
-/// A stream's events that this version of the code knows, decoded.
+/// A stream's events that this version of the code knows, decoded, and the stream's version.
+/// The version counts every stored event, unknown types included: appends expect it, and a
+/// version that skipped a newer service's event would conflict forever.
 async fn read_known_events(
     store: &dyn EventStore,
     stream_id: &str,
-) -> Result<Vec<(RecordedEvent, DomainEvent)>, StreamError> {
+) -> Result<(Vec<(RecordedEvent, DomainEvent)>, u64), StreamError> {
     let recorded = store.read_stream(stream_id, 0).await?;
+    let version = recorded.last().map_or(0, |event| event.stream_version);
     let mut events = Vec::with_capacity(recorded.len());
     for event in recorded {
         match decode(&event) {
@@ -39,7 +42,7 @@ async fn read_known_events(
             Err(error) => return Err(StreamError::Corrupt(error.to_string())),
         }
     }
-    Ok(events)
+    Ok((events, version))
 }
 
 /// A show as its stream made it.
@@ -54,9 +57,8 @@ pub struct LoadedShow {
 /// A show's state, folded from its stream (`show: None`: no such show).
 pub async fn load_show(store: &dyn EventStore, show_id: ShowId) -> Result<LoadedShow, StreamError> {
     let mut show = None;
-    let mut version = 0;
-    for (recorded, event) in read_known_events(store, &show_id.stream_id()).await? {
-        version = recorded.stream_version;
+    let (events, version) = read_known_events(store, &show_id.stream_id()).await?;
+    for (recorded, event) in events {
         show = show::evolve(show, &show_event(&recorded, event)?);
     }
     Ok(LoadedShow { show, version })
@@ -88,17 +90,15 @@ pub async fn load_booking(
     store: &dyn EventStore,
     booking_id: BookingId,
 ) -> Result<Option<LoadedBooking>, StreamError> {
-    let events = read_known_events(store, &booking_id.stream_id()).await?;
+    let (events, version) = read_known_events(store, &booking_id.stream_id()).await?;
     let Some((first, _)) = events.first() else {
         return Ok(None);
     };
     let requested_position = first.position.0;
     let mut state = None;
-    let mut version = 0;
     let mut last_position = 0;
     let mut timeline = Vec::with_capacity(events.len());
     for (recorded, event) in events {
-        version = recorded.stream_version;
         last_position = recorded.position.0;
         timeline.push(TimelineEntry {
             event_type: recorded.event_type.clone(),

@@ -28,6 +28,9 @@ use crate::mailer::Mailer;
 pub const GROUP: &str = "notifier";
 /// Retries after the first attempt.
 pub const MAX_RETRIES: u32 = 3;
+/// Attempts at recording a sent email before the record is handed back to the runtime (which
+/// then sends again: the one duplicate at-least-once allows).
+const RECORD_ATTEMPTS: u32 = 30;
 
 pub struct NotifierHandler {
     store: Arc<dyn EventStore>,
@@ -180,17 +183,32 @@ impl Handler for NotifierHandler {
         }
         info!(%booking_id, outcome = outcome.as_str(), message_id = %email.message_id(), "email sent");
         let message_id = email.message_id();
-        decide_booking(
-            &*self.store,
-            booking_id,
-            Cause::of(record),
-            "notifier/email",
-            |_| BookingCommand::RecordEmailSent {
-                about_event_id,
-                message_id: message_id.clone(),
-            },
-        )
-        .await?;
+        // The server has the email: from here on only the record is retried, never the send
+        // (a failed append would otherwise send the email again on every retry).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let recorded = decide_booking(
+                &*self.store,
+                booking_id,
+                Cause::of(record),
+                "notifier/email",
+                |_| BookingCommand::RecordEmailSent {
+                    about_event_id,
+                    message_id: message_id.clone(),
+                },
+            )
+            .await;
+            match recorded.map_err(HandlerError::from) {
+                Ok(_) => break,
+                Err(HandlerError::Transient(reason)) if attempt < RECORD_ATTEMPTS => {
+                    let delay = self.retry.delay(attempt.min(5));
+                    warn!(%booking_id, attempt, ?delay, %reason, "recording a sent email failed; retrying the record only");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
         Ok(Handled::Done)
     }
 }

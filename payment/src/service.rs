@@ -96,6 +96,8 @@ impl PaymentHandler {
         let booking = &loaded.booking;
         if booking.status() != BookingStatus::Held {
             info!(%booking_id, status = booking.status().as_str(), "not held any more: no charge");
+            // An earlier delivery may have charged and crashed before recording it.
+            self.record_earlier_charge(record, booking_id).await?;
             return Ok(Handled::Done);
         }
         let request = ChargeRequest {
@@ -111,6 +113,7 @@ impl PaymentHandler {
             attempt += 1;
             if !self.enough_hold_left(held.expires_at) {
                 info!(%booking_id, attempt, "too little of the hold left to start a charge; the hold will expire");
+                self.record_earlier_charge(record, booking_id).await?;
                 return Ok(Handled::Done);
             }
             let outcome = match self.gateway.charge(&request).await {
@@ -156,6 +159,10 @@ impl PaymentHandler {
                 }
             }
         }
+        // A timed-out attempt may have charged after all: never fail a booking that paid.
+        if self.record_earlier_charge(record, booking_id).await? {
+            return Ok(Handled::Done);
+        }
         let detail = format!("{attempt} attempts failed; the last: {last_error}");
         warn!(%booking_id, %detail, "payment exhausted");
         self.fail(
@@ -182,6 +189,37 @@ impl PaymentHandler {
             ChargeStatus::NotCharged => Err(GatewayError::Transient {
                 reason: "the timed-out charge was not taken".into(),
             }),
+        }
+    }
+
+    /// Ask the provider whether a charge under this booking's key went through earlier (a crash
+    /// between the provider's answer and the append, or a timeout never resolved) and record it:
+    /// money taken is never left untracked (the decider refunds it when the booking has moved
+    /// on). True when there was such a charge.
+    async fn record_earlier_charge(
+        &self,
+        record: &EventRecord,
+        booking_id: domain::BookingId,
+    ) -> Result<bool, HandlerError> {
+        match self.gateway.charge_status(&booking_id.to_string()).await {
+            Ok(ChargeStatus::Charged(receipt)) => {
+                warn!(%booking_id, charge_id = %receipt.charge_id, "found an unrecorded charge; recording it");
+                self.record(
+                    record,
+                    booking_id,
+                    "payment/charge",
+                    BookingCommand::RecordPayment {
+                        charge_id: receipt.charge_id,
+                        amount: receipt.amount,
+                    },
+                )
+                .await?;
+                Ok(true)
+            }
+            Ok(ChargeStatus::NotCharged | ChargeStatus::Declined { .. }) => Ok(false),
+            Err(error) => Err(HandlerError::Transient(format!(
+                "cannot ask the provider about earlier charges: {error}"
+            ))),
         }
     }
 

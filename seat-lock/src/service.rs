@@ -185,6 +185,12 @@ impl SeatLock {
                 Err(error) => return Err(error.into()),
             }
         };
+        let held: Vec<HoldRequest> = hold_requests
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, HoldOutcome::Held))
+            .map(|(request, _)| request.clone())
+            .collect();
         let appends =
             records
                 .iter()
@@ -195,6 +201,16 @@ impl SeatLock {
                 });
         for outcome in futures::future::join_all(appends).await {
             outcome?;
+        }
+        // Flushed between our hold and our appends? The rebuild may have read the log before
+        // our `SeatsHeld` were in it: take these holds (our own) again, with their expiries.
+        if !held.is_empty() && self.holds.epoch().await?.as_deref() != Some(epoch.as_str()) {
+            warn!(
+                holds = held.len(),
+                "the hold store changed while holding: taking the holds again"
+            );
+            let epoch = self.current_epoch(Some(&epoch)).await?;
+            self.holds.hold(&epoch, &held, now).await?;
         }
         Ok(())
     }
@@ -232,6 +248,9 @@ impl SeatLock {
                 new_events,
             );
             match self.store.append(append).await {
+                // A repeat of a hold may repeat another outcome (the ids are the cause's): a
+                // rejection or a finished booking must not keep the seats we just held.
+                Ok(result) if result.was_repeat && matches!(outcome, HoldOutcome::Held) => {}
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => {}
                 Err(error) => return Err(error.into()),
@@ -271,13 +290,16 @@ impl SeatLock {
         };
     }
 
-    async fn show(&self, show_id: ShowId) -> Result<LoadedShow, Failure> {
+    /// The show, from the cache when it has it. The second value says whether it was read from
+    /// the store just now: a cached state is good for a "yes" (the append's expected version
+    /// catches a stale one) but a "no" must be confirmed against the store before acting on it.
+    async fn show(&self, show_id: ShowId) -> Result<(LoadedShow, bool), Failure> {
         if let Some(show) = self.cached_show(show_id) {
-            return Ok(show);
+            return Ok((show, false));
         }
         let show = load_show(&*self.store, show_id).await?;
         self.cache_show(show_id, Some(show.clone()));
-        Ok(show)
+        Ok((show, true))
     }
 
     /// Append events to the show stream and the booking stream at once, both at their versions.
@@ -390,7 +412,7 @@ impl SeatLock {
                 // Cancelled or failed otherwise: the decider refunded the payment already.
                 _ => return Ok(Handled::Done),
             }
-            let show = self.show(show_id).await?;
+            let (show, fresh) = self.show(show_id).await?;
             let sale = show::decide(
                 &show.show,
                 ShowCommand::SellSeats {
@@ -421,6 +443,10 @@ impl SeatLock {
                         info!(%booking_id, %show_id, "seats sold, booking confirmed");
                         return Ok(Handled::Done);
                     }
+                }
+                (Err(DomainError::SeatsUnavailable { .. }), _) if !fresh => {
+                    // Refused by a cached state: ask the store before failing anyone.
+                    self.cache_show(show_id, None);
                 }
                 (Err(DomainError::SeatsUnavailable { taken }), _) => {
                     let lost =
@@ -500,7 +526,7 @@ impl SeatLock {
     ) -> Result<(), Failure> {
         let cause = Cause::of(record);
         for _ in 0..MAX_SALE_RETRIES {
-            let show = self.show(show_id).await?;
+            let (show, fresh) = self.show(show_id).await?;
             let events = show::decide(
                 &show.show,
                 ShowCommand::ReleaseSeats {
@@ -509,6 +535,11 @@ impl SeatLock {
                 },
             )
             .map_err(|refusal| Failure(HandlerError::Permanent(refusal.to_string())))?;
+            if events.is_empty() && !fresh {
+                // Nothing to release by a cached state: confirm against the store.
+                self.cache_show(show_id, None);
+                continue;
+            }
             if events.is_empty() {
                 return Ok(());
             }
@@ -555,6 +586,15 @@ impl SeatLock {
     /// Expire every hold whose deadline passed: `HoldExpired` first (unless a payment was
     /// recorded first), then free the seats. Returns how many bookings expired.
     pub async fn sweep_expired(&self) -> Result<usize, HoldError> {
+        // A flushed or restarted hold store has lost its deadlines too: rebuild (or adopt)
+        // before sweeping, even when no new request would trigger it.
+        let known = self.epoch.lock().await.clone();
+        let current = self.holds.epoch().await?;
+        if current.is_none() || current != known {
+            self.current_epoch(known.as_deref())
+                .await
+                .map_err(|Failure(error)| HoldError::Unavailable(error.to_string()))?;
+        }
         let now = Utc::now();
         let due = self.holds.due_expiries(now, 500).await?;
         let mut expired = 0;

@@ -210,7 +210,11 @@ impl Row {
             Figure::new(self.runs.iter().map(value).collect()).median()
         };
         let drain = figure(|run| run.drain_seconds);
-        let outcome: Vec<String> = self.runs.iter().map(SaleRun::outcome).collect();
+        let mut outcome: Vec<String> = self.runs.iter().map(SaleRun::outcome).collect();
+        outcome.dedup();
+        if outcome.len() == 1 && self.runs.len() > 1 {
+            outcome[0].push_str(" (every run)");
+        }
         println!(
             "{:<18} {:>4} ms {:>11} {:>11} {:>8.0} ms {:>8.0} ms {:>7.1} s  {}",
             self.backend,
@@ -510,10 +514,13 @@ async fn drive(
         if bar.is_hidden() && Instant::now() >= next_note {
             // No terminal to draw on (output captured): a line now and then instead.
             eprintln!(
-                "sale: {}/{} bookings terminal, {:.0} s since the last request",
+                "sale: {}/{} bookings terminal, {:.0} s since the last request; log at {}, \
+                 groups finished through {:?}",
                 log.terminal,
                 load.accepted,
-                load.ended.elapsed().as_secs_f64()
+                load.ended.elapsed().as_secs_f64(),
+                log.after,
+                watermarks.snapshot()
             );
             next_note += Duration::from_secs(10);
         }

@@ -98,6 +98,13 @@ fn every_flag_has_an_environment_twin_and_help_text() {
         &["bench", "store", "--help"],
         &["bench", "relay", "--help"],
         &["bench", "api", "--help"],
+        &["bench", "sale", "--help"],
+        &["run", "seat-lock", "--help"],
+        &["run", "payment", "--help"],
+        &["run", "notifier", "--help"],
+        &["dlq", "list", "--help"],
+        &["dlq", "show", "--help"],
+        &["dlq", "redrive", "--help"],
     ] {
         let help = text(&zingqueue(args, &[]).stdout);
         // clap prints each option as a block: the flag line (`-x, --flag` or `--flag`), then

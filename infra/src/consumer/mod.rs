@@ -574,6 +574,7 @@ async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sweeps = 0u64;
+    let mut redrives: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         save_progress(&*store, &shared, &config).await;
@@ -583,13 +584,20 @@ async fn housekeeping(
             warn!(%error, "mirroring dead letters failed");
         }
         sweeps += 1;
-        match store.pending_redrives(&config.group, 100).await {
-            Ok(letters) => {
-                for letter in letters {
-                    worker::redrive(&shared, &*store, &letter).await;
+        // Redrives run beside this loop (a slow one must not delay heartbeats), one round at a
+        // time.
+        if redrives.as_ref().is_none_or(|round| round.is_finished()) {
+            let (store, shared, group) = (store.clone(), shared.clone(), config.group.clone());
+            redrives = Some(tokio::spawn(async move {
+                match store.pending_redrives(&group, 100).await {
+                    Ok(letters) => {
+                        for letter in letters {
+                            worker::redrive(&shared, &*store, &letter).await;
+                        }
+                    }
+                    Err(error) => warn!(%error, "reading redrive requests failed"),
                 }
-            }
-            Err(error) => warn!(%error, "reading redrive requests failed"),
+            }));
         }
     }
 }

@@ -577,15 +577,30 @@ pub(crate) async fn redrive(
     store: &dyn EventStore,
     letter: &DeadLetter,
 ) {
+    // One member of the group runs it, once per request.
+    match store.claim_redrive(letter.id).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            warn!(%error, dead_letter = letter.id, "claiming a redrive failed; retrying later");
+            return;
+        }
+    }
     let raw = raw_record_of(letter);
     let failure = match parse(raw) {
         Parsed::Event(record) if shared.handler.subscribes_to(record.event.event_type()) => {
-            let mut outcome = shared.handler.handle(&record).await;
+            let handle = || async {
+                AssertUnwindSafe(shared.handler.handle(&record))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(HandlerError::Permanent("the handler panicked".into())))
+            };
+            let mut outcome = handle().await;
             for attempt in 1..3 {
                 match &outcome {
                     Err(HandlerError::Transient(_)) => {
                         tokio::time::sleep(shared.retry.delay(attempt)).await;
-                        outcome = shared.handler.handle(&record).await;
+                        outcome = handle().await;
                     }
                     _ => break,
                 }
@@ -594,9 +609,8 @@ pub(crate) async fn redrive(
                 Ok(Handled::Done) => None,
                 Ok(Handled::DeadLetter { reason, .. }) => Some(reason),
                 Err(HandlerError::Transient(reason)) => {
-                    // Left requested: the next round tries again.
-                    warn!(dead_letter = letter.id, %reason, "redrive hit a transient failure; retrying later");
-                    return;
+                    // Dead again with the reason; an operator may ask once more.
+                    Some(format!("redrive failed transiently: {reason}"))
                 }
                 Err(HandlerError::Permanent(reason)) => Some(reason),
             }

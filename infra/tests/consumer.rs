@@ -349,3 +349,58 @@ async fn an_offset_is_never_committed_past_a_record_that_has_not_succeeded() {
         assert_eq!(committed(&setup.kafka, &group), Some(2), "{mode:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_offset_out_of_range_restarts_at_the_earliest_record_not_the_newest() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let setup = setup().await;
+    let booking = BookingId::new();
+    publish(
+        &setup.kafka,
+        &[
+            (booking.stream_id(), 1, email(booking)),
+            (booking.stream_id(), 2, email(booking)),
+        ],
+    )
+    .await;
+    // The group's committed offset points past the end (a broker that lost records).
+    let group = "out-of-range";
+    {
+        let member: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &setup.kafka.bootstrap_servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        member.subscribe(&[TOPIC]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while member.assignment().unwrap().count() == 0 {
+            assert!(Instant::now() < deadline, "never joined");
+            let _ = member.poll(Duration::from_millis(100));
+        }
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(TOPIC, 0, rdkafka::Offset::Offset(50))
+            .unwrap();
+        member
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+        member.unsubscribe();
+    }
+    assert_eq!(committed(&setup.kafka, group), Some(50));
+    let handler = Arc::new(Recorder::default());
+    run_until(
+        &setup,
+        config(&setup.kafka, group, Mode::InOrder { batch_max: 10 }),
+        handler.clone(),
+        |stats| ConsumerStats::get(&stats.processed) == 2,
+    )
+    .await;
+    assert_eq!(
+        handler.handled.lock().unwrap().len(),
+        2,
+        "both records, none skipped"
+    );
+    assert_eq!(committed(&setup.kafka, group), Some(2));
+}

@@ -55,7 +55,7 @@ use event_store::{ConsumerProgress, EventStore, Position, StoreError};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::sync::Mutex;
 
@@ -221,6 +221,9 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Where each assigned partition starts: its committed offset; the beginning when it has
+    /// none (a new group, or the embedded broker after a restart); its earliest record when the
+    /// committed offset lies outside what the broker has (alarmed: records may be gone).
     fn start_new_partitions_at_the_beginning(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -229,15 +232,28 @@ impl GroupContext {
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
             Ok(committed) => {
                 for element in committed.elements() {
-                    if element.offset() == Offset::Invalid {
-                        info!(group = %self.group, partition = element.partition(),
-                              "no committed offset: starting at the beginning of the partition");
-                        let _ = tpl.set_partition_offset(
-                            element.topic(),
-                            element.partition(),
-                            Offset::Beginning,
-                        );
-                    }
+                    let (topic, partition) = (element.topic(), element.partition());
+                    let start = match element.offset() {
+                        Offset::Invalid => {
+                            info!(group = %self.group, partition,
+                                  "no committed offset: starting at the beginning of the partition");
+                            Offset::Beginning
+                        }
+                        Offset::Offset(offset) => match consumer.fetch_watermarks(
+                            topic,
+                            partition,
+                            Duration::from_secs(10),
+                        ) {
+                            Ok((low, high)) if offset < low || offset > high => {
+                                error!(group = %self.group, partition, offset, low, high,
+                                       "committed offset out of range (retention deleted records, or the broker lost them): starting at the earliest record");
+                                Offset::Offset(low)
+                            }
+                            _ => continue,
+                        },
+                        _ => continue,
+                    };
+                    let _ = tpl.set_partition_offset(topic, partition, start);
                 }
             }
             Err(error) => {
@@ -406,6 +422,17 @@ impl ConsumerGroup {
                         let raw = RawRecord::from_message(&message);
                         drop(message);
                         dispatcher.route(raw);
+                    }
+                    Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                        // auto.offset.reset=error: librdkafka would have jumped to the newest
+                        // record and skipped the rest silently. Alarm, and join the group again:
+                        // the assignment then starts such partitions at their earliest record
+                        // (see `GroupContext::rebalance`). Handlers are idempotent, so redone
+                        // work is harmless and nothing still on the broker is skipped.
+                        error!(group = %config.group,
+                               "an offset is out of range (retention deleted records, or the broker lost them): rejoining to restart at the earliest records");
+                        consumer.unsubscribe();
+                        consumer.subscribe(&[&config.topic])?;
                     }
                     Err(error) => {
                         error!(group = %config.group, %error, "consuming failed");

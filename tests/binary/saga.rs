@@ -843,34 +843,114 @@ fn redis_flushed_and_restarted_mid_sale_never_sells_a_seat_twice() {
 }
 
 #[test]
-fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
-    let database = testkit::postgres();
-    let redis = testkit::redis();
-    let kafka = testkit::kafka();
-    kafka.create_topic("zq.booking-events", 4).unwrap();
-    for cause in [
-        "poison",
-        "handler-failed",
-        "expired-seats",
-        "payment-exhausted",
-        "email-failed",
-    ] {
-        kafka.create_topic(&format!("zq.dlq.{cause}"), 1).unwrap();
+fn cancelling_a_paid_booking_refunds_it_and_frees_its_seats() {
+    // Components as separate processes, so that seat-lock can be stopped while a booking is
+    // paid and not yet confirmed.
+    let servers = Servers::start();
+    let env = servers.env("3000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_api, api) = spawn_until(&["run", "api"], &env, "api:");
+    let (_relay, _) = spawn_until(&["run", "relay"], &env, "relay:");
+    let (seat_lock, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
+    let (_payment, _) = spawn_until(&["run", "payment"], &env, "payment:");
+    let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
+    let client = Client {
+        api: api
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_string(),
+    };
+    let show = client.create_show(1, 5);
+    // The payment takes 4 s: seat-lock is stopped meanwhile, so the booking stays paid.
+    let booking = client.book(&show, &["A-1-1"], "sim_slow_4000", "paid");
+    client.wait_for_status(&booking, "held");
+    drop(seat_lock);
+    let paid = client.wait_for_status(&booking, "paid");
+    assert_eq!(
+        timeline(&paid).last().map(String::as_str),
+        Some("payment_succeeded")
+    );
+    let (status, _) = client.request(
+        "DELETE",
+        &format!("/bookings/{booking}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 202);
+    let cancelled = client.wait_for(&booking, Duration::from_secs(30), |b| {
+        b["refund_status"] == "refunded"
+    });
+    assert_eq!(cancelled["status"], "cancelled");
+    // seat-lock back: it drops the paid booking's hold, and the seat sells again.
+    let (_seat_lock, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
+    let again = client.book(&show, &["A-1-1"], "sim_ok", "again");
+    client.wait_for_status(&again, "confirmed");
+    let (_, seats) = client.request(
+        "GET",
+        &format!("/shows/{show}/seats"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(seats["seats"][0]["booking_id"], again.as_str());
+}
+
+/// The servers a set of separately run components share.
+struct Servers {
+    database: testkit::PostgresDatabase,
+    redis: testkit::RedisDatabase,
+    kafka: testkit::KafkaBroker,
+    smtp: testkit::SmtpServer,
+    data_dir: tempfile::TempDir,
+}
+
+impl Servers {
+    fn start() -> Servers {
+        let kafka = testkit::kafka();
+        kafka.create_topic("zq.booking-events", 4).unwrap();
+        for cause in [
+            "poison",
+            "handler-failed",
+            "expired-seats",
+            "payment-exhausted",
+            "email-failed",
+        ] {
+            kafka.create_topic(&format!("zq.dlq.{cause}"), 1).unwrap();
+        }
+        Servers {
+            database: testkit::postgres(),
+            redis: testkit::redis(),
+            kafka,
+            smtp: testkit::smtp(),
+            data_dir: tempfile::tempdir().unwrap(),
+        }
     }
-    let smtp = testkit::smtp();
-    let data_dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("ZQ_DATABASE_URL", database.url.as_str()),
-        ("ZQ_KAFKA_BROKERS", kafka.bootstrap_servers.as_str()),
-        ("ZQ_REDIS_URL", redis.url.as_str()),
-        ("ZQ_SMTP_URL", smtp.url.as_str()),
-        ("ZQ_ADMIN_TOKEN", ADMIN),
-        ("ZQ_LISTEN", "127.0.0.1:0"),
-        ("ZQ_DATA_DIR", data_dir.path().to_str().unwrap()),
-        ("ZQ_PARTITIONS", "4"),
-        ("ZQ_SESSION_TIMEOUT_MS", "3000"),
-        ("RUST_LOG", "warn"),
-    ];
+
+    fn env(&self, session_timeout_ms: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ZQ_DATABASE_URL", self.database.url.clone()),
+            ("ZQ_KAFKA_BROKERS", self.kafka.bootstrap_servers.clone()),
+            ("ZQ_REDIS_URL", self.redis.url.clone()),
+            ("ZQ_SMTP_URL", self.smtp.url.clone()),
+            ("ZQ_ADMIN_TOKEN", ADMIN.to_string()),
+            ("ZQ_LISTEN", "127.0.0.1:0".to_string()),
+            (
+                "ZQ_DATA_DIR",
+                self.data_dir.path().to_str().unwrap().to_string(),
+            ),
+            ("ZQ_PARTITIONS", "4".to_string()),
+            ("ZQ_SESSION_TIMEOUT_MS", session_timeout_ms.to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ]
+    }
+}
+
+#[test]
+fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
+    let servers = Servers::start();
+    let env = servers.env("3000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (_api, api) = spawn_until(&["run", "api"], &env, "api:");
     let (_relay, _) = spawn_until(&["run", "relay"], &env, "relay:");
     let (seat_lock_a, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");

@@ -421,6 +421,12 @@ impl ConsumerGroup {
                     Ok(message) => {
                         let raw = RawRecord::from_message(&message);
                         drop(message);
+                        // The rebalance callback runs inside `recv`, before the first record of
+                        // a new assignment comes out: apply it first, so that the record meets
+                        // its partition's new worker rather than being taken for a stray.
+                        while let Ok(event) = rebalances.try_recv() {
+                            dispatcher.rebalanced(event);
+                        }
                         dispatcher.route(raw);
                     }
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
@@ -482,8 +488,10 @@ impl Dispatcher {
     fn route(&mut self, raw: RawRecord) {
         let partition = raw.partition;
         if !self.workers.contains_key(&partition) {
-            // A record of a partition we were not told about (a rebalance in flight): it will
-            // be delivered again to whoever owns the partition.
+            // No worker: assignments are applied before routing, so this is a record of a
+            // partition being revoked, already in librdkafka's queue. A worker takes it anyway
+            // (handlers are idempotent): dropping records of a partition that is ours would
+            // stall it, taking one of a partition that moved only repeats work.
             self.start_worker(partition);
         }
         if let Some(waiting) = self.waiting.get_mut(&partition) {
@@ -571,8 +579,11 @@ impl Dispatcher {
                         .partitions
                         .entry(partition)
                         .or_insert(Position::START);
-                    if let Some(old) = self.workers.remove(&partition) {
-                        old.revoke();
+                    // A worker may exist already if a record of the partition arrived first: it
+                    // keeps its records (replacing it would drop records librdkafka considers
+                    // delivered, stalling the partition until the next restart).
+                    if self.workers.contains_key(&partition) {
+                        continue;
                     }
                     self.waiting.remove(&partition);
                     // A partition paused for a full queue before a rebalance must not stay

@@ -161,6 +161,8 @@ pub enum Component {
     Payment,
     /// Emails customers about every outcome.
     Notifier,
+    /// Keeps the read models (seat maps, bookings, show stats) from the log.
+    Projections,
     /// The HTTP API (commands and queries); needs the event store and ZQ_ADMIN_TOKEN.
     Api,
     /// Publish the event store's log to zq.booking-events (needs ZQ_KAFKA_BROKERS).

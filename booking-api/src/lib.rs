@@ -31,6 +31,7 @@ pub mod health;
 pub mod idempotency;
 pub mod json;
 pub mod openapi;
+pub mod queries;
 pub mod router;
 pub mod shows;
 pub mod streams;

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, dead_letters, error, health, shows};
+use crate::{bookings, dead_letters, error, health, queries, shows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,8 @@ use crate::{bookings, dead_letters, error, health, shows};
         shows::create_show,
         shows::get_show,
         shows::get_seats,
+        queries::show_stats,
+        queries::customer_bookings,
         bookings::request_booking,
         bookings::get_booking,
         bookings::cancel_booking,

@@ -13,7 +13,7 @@ use crate::auth::AdminToken;
 use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
-use crate::{bookings, dead_letters, health, openapi, shows};
+use crate::{bookings, dead_letters, health, openapi, queries, shows};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -27,6 +27,8 @@ pub struct ApiState {
     pub admission: CommandAdmission,
     pub in_flight: InFlightKeys,
     pub catalog: ShowCatalog,
+    /// The read models queries answer from (`None`: those routes answer 503).
+    pub read_models: Option<projections::ReadModelDb>,
 }
 
 impl ApiState {
@@ -39,10 +41,17 @@ impl ApiState {
             admission: CommandAdmission::default(),
             in_flight: InFlightKeys::default(),
             catalog: ShowCatalog::default(),
+            read_models: None,
         }
     }
 
     /// The same, admitting at most `capacity` commands at once.
+    /// Answer queries from these read models.
+    pub fn with_read_models(mut self, read_models: projections::ReadModelDb) -> ApiState {
+        self.read_models = Some(read_models);
+        self
+    }
+
     pub fn with_command_capacity(mut self, capacity: usize) -> ApiState {
         self.admission = CommandAdmission::new(capacity);
         self
@@ -54,6 +63,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/shows", post(shows::create_show))
         .route("/shows/{show_id}", get(shows::get_show))
         .route("/shows/{show_id}/seats", get(shows::get_seats))
+        .route("/shows/{show_id}/stats", get(queries::show_stats))
+        .route(
+            "/customers/{customer_id}/bookings",
+            get(queries::customer_bookings),
+        )
         .route("/bookings", post(bookings::request_booking))
         .route(
             "/bookings/{booking_id}",

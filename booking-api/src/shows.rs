@@ -177,7 +177,8 @@ pub struct SeatMap {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SeatView {
     pub seat: String,
-    /// `free` or `sold` (held seats live in seat-lock's hold store, not yet built).
+    /// `free`, `held` or `sold`. Sold comes from the show stream (the truth); held from the read
+    /// models, when the API has them.
     pub state: String,
     /// Only for the admin (API.md: the public seat map carries no booking ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,12 +193,13 @@ pub struct SeatView {
     get,
     path = "/shows/{show_id}/seats",
     tag = "shows",
-    params(("show_id" = String, Path, format = Uuid)),
+    params(("show_id" = String, Path, format = Uuid), crate::queries::ReadYourWrites),
     responses(
         (status = 200, body = SeatMap),
         (status = 400, description = "Malformed show id", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A bearer token that is not the admin's", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such show", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read models have not reached min_position", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(name = "query.get_seats", skip_all, fields(show_id = %show_id))]
@@ -205,6 +207,7 @@ pub async fn get_seats(
     State(state): State<ApiState>,
     Path(show_id): Path<String>,
     headers: HeaderMap,
+    axum::extract::Query(wanted): axum::extract::Query<crate::queries::ReadYourWrites>,
 ) -> Result<axum::Json<SeatMap>, ApiError> {
     let is_admin = match crate::auth::bearer(&headers) {
         Some(_) => {
@@ -214,16 +217,34 @@ pub async fn get_seats(
         None => false,
     };
     let show_id = parse_show_id(&show_id)?;
+    // Held seats from the read models (after `min_position`, if asked), sold ones from the
+    // show stream read after them, so a sale is never shown as a hold.
+    let claims = match &state.read_models {
+        Some(_) => {
+            let db = crate::queries::read_models(&state, &wanted).await?;
+            db.seats(show_id, None).await?
+        }
+        None if wanted.min_position.is_some() => {
+            return Err(ApiError::Unavailable(
+                "the read models are not configured".into(),
+            ));
+        }
+        None => Default::default(),
+    };
     let show = load_show(&*state.store, show_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no show {show_id}")))?;
     let seats = show
         .seats()
         .map(|seat| {
-            let owner = show.owner_of(&seat);
+            let (state, owner) = match (show.owner_of(&seat), claims.get(&seat)) {
+                (Some(owner), _) => ("sold", Some(owner)),
+                (None, Some(claim)) if !claim.sold => ("held", Some(claim.booking_id)),
+                (None, _) => ("free", None),
+            };
             SeatView {
                 seat: seat.to_string(),
-                state: if owner.is_some() { "sold" } else { "free" }.to_string(),
+                state: state.to_string(),
                 booking_id: owner.filter(|_| is_admin),
             }
         })

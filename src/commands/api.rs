@@ -23,7 +23,11 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     );
     booking_api::serve(
         listener,
-        ApiState::new(store.clone(), admin),
+        ApiState::new(store.clone(), admin).with_read_models(
+            projections::ReadModelDb::open(location.url())
+                .await
+                .context("opening the read models")?,
+        ),
         super::interrupted(),
     )
     .await

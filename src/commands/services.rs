@@ -193,6 +193,7 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
         Component::SeatLock => seat_lock::GROUP,
         Component::Payment => payment::GROUP,
         Component::Notifier => notifier::GROUP,
+        Component::Projections => return run_projections(global).await,
     };
     let (brokers, admin) = super::kafka(global, false)?;
     let location = super::store_location(global)?;
@@ -230,6 +231,33 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
     );
     let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));
     service.run(admin.as_ref(), shutdown).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// The projector on the store's database: it keeps the read models the API's queries use.
+pub async fn projector(
+    store: Arc<dyn EventStore>,
+    database_url: &str,
+) -> anyhow::Result<projections::Projector> {
+    let db = projections::ReadModelDb::open(database_url)
+        .await
+        .context("opening the read models")?;
+    Ok(projections::Projector::new(store, db))
+}
+
+/// `zingqueue run projections`.
+async fn run_projections(global: &GlobalArgs) -> anyhow::Result<()> {
+    let location = super::store_location(global)?;
+    let store = event_store::open(location.url())
+        .await
+        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    let projector = projector(store.clone(), location.url()).await?;
+    println!(
+        "projections: keeping the read models on {}",
+        location.display_url()
+    );
+    projector.run(super::interrupted()).await?;
     store.close().await;
     Ok(())
 }

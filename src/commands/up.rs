@@ -83,6 +83,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     );
     let (notifier, mail_dir) =
         services::notifier(global, store.clone(), &brokers, watermarks.as_ref())?;
+    let projector = services::projector(store.clone(), location.url()).await?;
 
     // Written before anything is printed, so that whoever reads the printout finds it.
     if embedded {
@@ -142,7 +143,8 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
-    println!("  not yet built: projections, dashboard");
+    println!("  projections:   read models in the same database");
+    println!("  not yet built: dashboard");
     info!(store = %location.display_url(), %head, %brokers, %api, "up");
     if args.once {
         store.close().await;
@@ -165,7 +167,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .boxed()
         .shared()
     };
-    let state = ApiState::new(store.clone(), admin);
+    let state = ApiState::new(store.clone(), admin).with_read_models(projector.db().clone());
     let server = tokio::spawn(booking_api::serve(listener, state, until_stopped.clone()));
     let follow = watermarks.map(|watermarks| FollowGroups {
         watermarks,
@@ -188,6 +190,12 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             seat_lock.run(admin, until_stopped.clone()),
             payment.run(admin, until_stopped.clone()),
             notifier.run(admin, until_stopped.clone()),
+            async {
+                projector
+                    .run(until_stopped.clone())
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
         )
     };
     let outcome = components.await;

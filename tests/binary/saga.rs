@@ -281,6 +281,45 @@ fn happy_path_and_a_contended_seat() {
     let late = stack.wait_for_status(&late, "rejected");
     assert_eq!(count(&timeline(&late), "payment_succeeded"), 0);
     assert_eq!(stack.wait_for_emails("dee", 1).len(), 1);
+
+    // The read models, read-your-writes: as of the last booking's last event.
+    let position = late["log_position"].as_u64().unwrap();
+    let (status, stats) = stack.request(
+        "GET",
+        &format!("/shows/{show}/stats?min_position={position}"),
+        None,
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{stats}");
+    assert!(stats["log_position"].as_u64().unwrap() >= position);
+    assert_eq!(
+        (
+            stats["requested"].as_u64(),
+            stats["confirmed"].as_u64(),
+            stats["rejected"].as_u64()
+        ),
+        (Some(4), Some(2), Some(2)),
+        "{stats}"
+    );
+    assert!(stats["revenue_cents"]["EUR"].as_i64().unwrap() >= 13_500);
+    let (status, list) = stack.request(
+        "GET",
+        &format!("/customers/ada/bookings?min_position={position}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["status"], "confirmed");
+    // A position the log has not reached: 503 with Retry-After, never stale data.
+    let (status, problem) = stack.request(
+        "GET",
+        &format!("/shows/{show}/stats?min_position={}", position + 1_000_000),
+        None,
+        &Value::Null,
+    );
+    assert_eq!(status, 503, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("not yet at"));
 }
 
 fn is_terminal(booking: &Value) -> bool {
@@ -396,7 +435,31 @@ fn cancelling_in_each_state_frees_the_seats_and_refunds_what_was_taken() {
 
     // Held (the payment takes 3 s): cancelled; the payment that lands afterwards is refunded.
     let held = stack.book(&show, &["A-1-2"], "sim_slow_3000", "held");
-    stack.wait_for_status(&held, "held");
+    let holding = stack.wait_for_status(&held, "held");
+    // The seat map shows the hold (from the read models), with its booking for the admin only.
+    let position = holding["log_position"].as_u64().unwrap();
+    let (_, seats) = stack.request(
+        "GET",
+        &format!("/shows/{show}/seats?min_position={position}"),
+        Some(ADMIN),
+        &Value::Null,
+    );
+    assert_eq!(
+        (
+            seats["seats"][1]["state"].as_str(),
+            seats["seats"][1]["booking_id"].as_str()
+        ),
+        (Some("held"), Some(held.as_str())),
+        "{seats:#}"
+    );
+    let (_, public) = stack.request(
+        "GET",
+        &format!("/shows/{show}/seats?min_position={position}"),
+        None,
+        &Value::Null,
+    );
+    assert_eq!(public["seats"][1]["state"], "held");
+    assert!(public["seats"][1].get("booking_id").is_none());
     let (status, _) = stack.request(
         "DELETE",
         &format!("/bookings/{held}"),

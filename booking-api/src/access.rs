@@ -73,12 +73,26 @@ pub fn authorize(
     admin: &AdminToken,
     booking: &Booking,
 ) -> Result<Caller, ApiError> {
+    authorize_by_hash(
+        headers,
+        admin,
+        booking.access().access_token_sha256.as_deref(),
+    )
+}
+
+/// [`authorize`] against the stored SHA-256 of a booking's access token (as the read models
+/// keep it).
+pub fn authorize_by_hash(
+    headers: &HeaderMap,
+    admin: &AdminToken,
+    access_token_sha256: Option<&str>,
+) -> Result<Caller, ApiError> {
     let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
     if admin.matches(presented) {
         return Ok(Caller::Admin);
     }
     let presented_hash = sha256_hex(presented.as_bytes());
-    match &booking.access().access_token_sha256 {
+    match access_token_sha256 {
         Some(stored) if constant_time_eq(presented_hash.as_bytes(), stored.as_bytes()) => {
             Ok(Caller::Holder)
         }

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tracing::{Span, debug, field};
 use utoipa::ToSchema;
 
-use crate::access::{Caller, authorize, sha256_hex};
+use crate::access::{Caller, authorize, authorize_by_hash, sha256_hex};
 use crate::auth::bearer;
 use crate::error::{ApiError, Problem};
 use crate::idempotency::{self, InFlightGuard};
@@ -350,10 +350,11 @@ fn accepted(booking_id: BookingId, access_token: String, log_position: u64) -> R
     get,
     path = "/bookings/{booking_id}",
     tag = "bookings",
-    params(("booking_id" = String, Path, format = Uuid)),
+    params(("booking_id" = String, Path, format = Uuid), crate::queries::ReadYourWrites),
     security(("bearer" = [])),
     responses(
         (status = 200, body = BookingView),
+        (status = 503, description = "The read models have not reached min_position", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Malformed booking id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Neither the booking's access token nor the admin token", body = Problem, content_type = "application/problem+json"),
@@ -365,14 +366,71 @@ pub async fn get_booking(
     State(state): State<ApiState>,
     Path(booking_id): Path<String>,
     headers: HeaderMap,
+    axum::extract::Query(wanted): axum::extract::Query<crate::queries::ReadYourWrites>,
 ) -> Result<axum::Json<BookingView>, ApiError> {
     bearer(&headers).ok_or(ApiError::Unauthorized)?;
     let booking_id = parse_booking_id(&booking_id)?;
+    if state.read_models.is_some() {
+        let db = crate::queries::read_models(&state, &wanted).await?;
+        let mut found = db.booking(booking_id).await?;
+        if found.is_none() && wanted.min_position.is_none() {
+            // Perhaps committed but not projected yet: wait (bounded) for the read models to
+            // pass every event committed before this request, so a new booking is never a 404.
+            let head = state.store.head().await?;
+            let caught_up = crate::queries::ReadYourWrites {
+                min_position: Some(head.0),
+            };
+            found = crate::queries::read_models(&state, &caught_up)
+                .await?
+                .booking(booking_id)
+                .await?;
+        }
+        let projected =
+            found.ok_or_else(|| ApiError::NotFound(format!("no booking {booking_id}")))?;
+        authorize_by_hash(
+            &headers,
+            &state.admin,
+            projected.access_token_sha256.as_deref(),
+        )?;
+        return Ok(axum::Json(projected_view(projected)));
+    }
+    // No read models (an API run for commands only): fold the stream.
     let loaded = load_booking(&*state.store, booking_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no booking {booking_id}")))?;
     authorize(&headers, &state.admin, &loaded.booking)?;
     Ok(axum::Json(view(&loaded)))
+}
+
+/// The answer from the read model.
+fn projected_view(projected: projections::view::BookingView) -> BookingView {
+    BookingView {
+        booking_id: projected.booking_id,
+        show_id: projected.show_id,
+        seats: projected.seats.iter().map(ToString::to_string).collect(),
+        customer: CustomerBody {
+            id: projected.customer.id.as_str().to_string(),
+            email: projected.customer.email.as_str().to_string(),
+            name: projected.customer.name.as_str().to_string(),
+        },
+        status: projected.status.as_str().to_string(),
+        amount_cents: projected.amount_cents,
+        currency: projected.currency,
+        refund_status: projected.refund_status,
+        hold_expires_at: match projected.status {
+            domain::BookingStatus::Held => projected.hold_expires_at,
+            _ => None,
+        },
+        timeline: projected
+            .timeline
+            .iter()
+            .map(|entry| TimelineEntry {
+                event_type: entry.event_type.clone(),
+                at: entry.at,
+            })
+            .collect(),
+        log_position: projected.last_position,
+    }
 }
 
 /// Cancel a booking (holder or admin). A paid or confirmed booking is refunded and its seats are

@@ -83,7 +83,7 @@ async fn the_documented_answers_are_the_ones_the_handlers_give() {
         (
             "get",
             "/bookings/{booking_id}",
-            &["200", "400", "401", "403", "404"],
+            &["200", "400", "401", "403", "404", "503"],
         ),
         (
             "delete",

@@ -336,6 +336,13 @@ fn run_api_serves_on_its_own_and_needs_an_admin_token() {
     let (status, body) = http(&address, "POST", "/shows", Some("separate-admin"), show);
     assert_eq!(status, 201, "{body}");
     let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Queries answer from the read models, which another process keeps.
+    let (projections, _) = spawn_until(
+        &["run", "projections"],
+        &[("ZQ_DATABASE_URL", &database.url)],
+        "projections:",
+    );
     book_and_read_back(&address, created["show_id"].as_str().unwrap());
     interrupt(api);
+    interrupt(projections);
 }

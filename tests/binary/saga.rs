@@ -917,6 +917,7 @@ fn cancelling_a_paid_booking_refunds_it_and_frees_its_seats() {
     let (seat_lock, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
     let (_payment, _) = spawn_until(&["run", "payment"], &env, "payment:");
     let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
+    let (_projections, _) = spawn_until(&["run", "projections"], &env, "projections:");
     let client = Client {
         api: api
             .split_whitespace()
@@ -1021,6 +1022,7 @@ fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
     let (payment_a, _) = spawn_until(&["run", "payment"], &env, "payment:");
     let (_payment_b, _) = spawn_until(&["run", "payment"], &env, "payment:");
     let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
+    let (_projections, _) = spawn_until(&["run", "projections"], &env, "projections:");
     let api = api
         .split_whitespace()
         .next()

@@ -30,6 +30,7 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod json;
+pub mod live;
 pub mod openapi;
 pub mod queries;
 pub mod router;

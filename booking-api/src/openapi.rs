@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, dead_letters, error, health, queries, shows};
+use crate::{bookings, dead_letters, error, health, live, queries, shows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,8 @@ use crate::{bookings, dead_letters, error, health, queries, shows};
         shows::get_show,
         shows::get_seats,
         queries::show_stats,
+        live::seat_events,
+        live::booking_events,
         queries::customer_bookings,
         bookings::request_booking,
         bookings::get_booking,

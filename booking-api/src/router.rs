@@ -13,7 +13,7 @@ use crate::auth::AdminToken;
 use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
-use crate::{bookings, dead_letters, health, openapi, queries, shows};
+use crate::{bookings, dead_letters, health, live, openapi, queries, shows};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -64,6 +64,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/shows/{show_id}", get(shows::get_show))
         .route("/shows/{show_id}/seats", get(shows::get_seats))
         .route("/shows/{show_id}/stats", get(queries::show_stats))
+        .route("/shows/{show_id}/seats/events", get(live::seat_events))
+        .route("/bookings/{booking_id}/events", get(live::booking_events))
         .route(
             "/customers/{customer_id}/bookings",
             get(queries::customer_bookings),

@@ -1060,3 +1060,102 @@ fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
     }
     assert!(!owners.is_empty());
 }
+
+/// Follow a server-sent event stream until `enough` holds for the events so far (name, data),
+/// or panic after 30 s.
+fn follow_events(
+    api: &str,
+    path: &str,
+    token: Option<&str>,
+    enough: impl Fn(&[(String, Value)]) -> bool,
+    meanwhile: impl FnOnce(),
+) -> Vec<(String, Value)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\n{auth}Accept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    let mut events = Vec::new();
+    let mut name = String::new();
+    let mut meanwhile = Some(meanwhile);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !enough(&events) {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never got there: {events:?}"
+        );
+        let line = lines.next().expect("the stream stays open").unwrap();
+        if let Some(event) = line.strip_prefix("event: ") {
+            name = event.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            events.push((
+                std::mem::take(&mut name),
+                serde_json::from_str(data).unwrap(),
+            ));
+            // The first event is the current state: act once it is there.
+            if let Some(act) = meanwhile.take() {
+                act();
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn live_updates_follow_the_seats_and_the_booking() {
+    let stack = Stack::start(&[]);
+    let show = stack.create_show(1, 5);
+    let booking = std::cell::RefCell::new(String::new());
+    // Public seat changes: a snapshot first, then the booked seat held and sold.
+    let seats = follow_events(
+        &stack.api,
+        &format!("/shows/{show}/seats/events"),
+        None,
+        |events| {
+            events
+                .iter()
+                .any(|(name, data)| name == "seat" && data["state"] == "sold")
+        },
+        || *booking.borrow_mut() = stack.book(&show, &["A-1-3"], "sim_ok", "live"),
+    );
+    assert_eq!(seats[0].0, "snapshot");
+    assert!(
+        seats[1..]
+            .iter()
+            .all(|(name, data)| name == "seat" && data["seat"] == "A-1-3"),
+        "{seats:?}"
+    );
+    assert!(
+        seats
+            .iter()
+            .all(|(_, data)| data.get("booking_id").is_none()),
+        "no booking ids in public"
+    );
+    // The holder's own stream (the admin token serves too): ends at confirmed.
+    let booking = booking.into_inner();
+    let updates = follow_events(
+        &stack.api,
+        &format!("/bookings/{booking}/events"),
+        Some(ADMIN),
+        |events| events.iter().any(|(_, data)| data["status"] == "confirmed"),
+        || {},
+    );
+    assert_eq!(updates.last().unwrap().1["booking_id"], booking.as_str());
+    // No token: refused before any stream starts.
+    let (status, _) = stack.request(
+        "GET",
+        &format!("/bookings/{booking}/events"),
+        None,
+        &Value::Null,
+    );
+    assert_eq!(status, 401);
+}

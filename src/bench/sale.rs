@@ -376,6 +376,8 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
     );
     let (notifier, _mail_dir) =
         services::notifier(config, store.clone(), &brokers, Some(&watermarks))?;
+    let projector = services::projector(store.clone(), location.url()).await?;
+    let read_models = projector.db().clone();
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
@@ -394,7 +396,7 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
     };
     let admin = topic_admin.as_ref();
     let system = async {
-        let (relay, seat_lock, payment, notifier) = tokio::join!(
+        let (relay, seat_lock, payment, notifier, projector) = tokio::join!(
             commands::run_relay(
                 config,
                 store.clone(),
@@ -406,8 +408,10 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
             seat_lock.run(admin, until_stopped.clone()),
             payment.run(admin, until_stopped.clone()),
             notifier.run(admin, until_stopped.clone()),
+            projector.run(until_stopped.clone()),
         );
         relay.context("relay")?;
+        projector.context("projections")?;
         seat_lock.context("seat-lock")?;
         payment.context("payment")?;
         notifier.context("notifier")?;
@@ -417,6 +421,7 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
         store.clone(),
         address,
         watermarks,
+        read_models,
         Plan::from_args(args),
     ));
     tokio::pin!(system);
@@ -470,6 +475,7 @@ async fn drive(
     store: Arc<dyn EventStore>,
     address: SocketAddr,
     watermarks: Watermarks,
+    read_models: projections::ReadModelDb,
     plan: Plan,
 ) -> anyhow::Result<SaleRun> {
     let show_id = create_show(address, plan.seats).await?;
@@ -493,6 +499,10 @@ async fn drive(
         plan.connections
     );
 
+    // Projection lag: when each position became visible in the read models, sampled every
+    // few milliseconds, set against the events' `recorded_at` after the sale.
+    let (probe_target, target) = watch::channel(None);
+    let probe = tokio::spawn(watch_read_models(read_models, target));
     let load = load(address, &show_id, plan).await?;
 
     let bar = ProgressBar::new(load.accepted);
@@ -527,6 +537,9 @@ async fn drive(
         tokio::time::sleep(POLL_EVERY).await;
     };
     bar.finish_and_clear();
+    // The probe stops once the models have passed the whole log (bounded).
+    let _ = probe_target.send(Some(store.head().await?));
+    let samples = probe.await.unwrap_or_default();
     if all_terminal_at.is_none() {
         eprintln!(
             "sale: after {} s, {} of {} bookings are terminal; statuses: {:?}",
@@ -581,6 +594,12 @@ async fn drive(
         p(sold, 0.5),
         p(sold, 0.99)
     );
+    let projection_lag = projection_lag(store.as_ref(), &samples).await?;
+    let stages = format!(
+        "{stages}; append → read model p50 {:.0} ms, p99 {:.0} ms",
+        p(&projection_lag, 0.5),
+        p(&projection_lag, 0.99)
+    );
     let first_requested = log.bookings.values().filter_map(|b| b.requested_at).min();
     let last_requested = log.bookings.values().filter_map(|b| b.requested_at).max();
     let last_terminal = log.bookings.values().filter_map(|b| b.terminal_at).max();
@@ -607,6 +626,57 @@ async fn drive(
         stages,
         check,
     })
+}
+
+/// Sample the read models' position every few milliseconds: (when, position) at each change,
+/// until the position reaches the target sent after the sale (or a minute after it was sent).
+async fn watch_read_models(
+    db: projections::ReadModelDb,
+    target: watch::Receiver<Option<Position>>,
+) -> Vec<(DateTime<Utc>, u64)> {
+    let mut samples: Vec<(DateTime<Utc>, u64)> = Vec::new();
+    let mut give_up: Option<Instant> = None;
+    loop {
+        if let Ok(position) = db.checkpoint(projections::READ_MODELS).await
+            && samples.last().is_none_or(|(_, last)| *last < position.0)
+        {
+            samples.push((Utc::now(), position.0));
+        }
+        if let Some(target) = *target.borrow() {
+            let reached = samples.last().is_some_and(|(_, last)| *last >= target.0);
+            let deadline = *give_up.get_or_insert_with(|| Instant::now() + Duration::from_secs(60));
+            if reached || Instant::now() >= deadline {
+                return samples;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Per event of the log: from `recorded_at` (the database's clock) to the first sample in which
+/// the read models had passed it (this process's clock, the same machine), in microseconds.
+async fn projection_lag(
+    store: &dyn EventStore,
+    samples: &[(DateTime<Utc>, u64)],
+) -> anyhow::Result<Histogram<u64>> {
+    let mut lag = Histogram::<u64>::new(3)?;
+    let mut after = Position::START;
+    loop {
+        let events = store.read_all(after, 5_000).await?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        for event in &events {
+            let visible = samples.partition_point(|(_, position)| *position < event.position.0);
+            if let Some((at, _)) = samples.get(visible) {
+                let micros = (*at - event.recorded_at)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(1);
+                lag.record(micros as u64)?;
+            }
+        }
+    }
+    Ok(lag)
 }
 
 /// The seat of index `index` (0-based) of a show made by [`create_show`].

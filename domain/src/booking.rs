@@ -282,7 +282,8 @@ pub struct BookingRefunded {
     pub amount: Money,
 }
 
-/// `booking.email_sent.v1`: the notifier told the customer about an event.
+/// `booking.email_sent.v2`: the notifier told the customer about an event. (`v1`, without the
+/// channel, is read through an upcaster as channel `unknown`.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailSent {
     pub booking_id: BookingId,
@@ -291,6 +292,20 @@ pub struct EmailSent {
     pub about_event_id: EventId,
     /// The email's Message-ID.
     pub message_id: String,
+    /// How the email was delivered.
+    pub channel: EmailChannel,
+}
+
+/// How the notifier delivered an email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailChannel {
+    /// Handed to an SMTP server.
+    Smtp,
+    /// Written as a file into a mail folder.
+    MailFolder,
+    /// Not recorded (`booking.email_sent.v1` events, mailers that do not say).
+    Unknown,
 }
 
 event_family! {
@@ -367,6 +382,7 @@ pub enum BookingCommand {
     RecordEmailSent {
         about_event_id: EventId,
         message_id: String,
+        channel: EmailChannel,
     },
 }
 
@@ -662,7 +678,8 @@ impl Booking {
             BookingCommand::RecordEmailSent {
                 about_event_id,
                 message_id,
-            } => self.record_email_sent(about_event_id, message_id),
+                channel,
+            } => self.record_email_sent(about_event_id, message_id, channel),
         }
     }
 
@@ -890,6 +907,7 @@ impl Booking {
         &self,
         about_event_id: EventId,
         message_id: String,
+        channel: EmailChannel,
     ) -> Result<Vec<BookingEvent>, DomainError> {
         if message_id.trim().is_empty() {
             return Err(DomainError::InvalidCommand {
@@ -904,6 +922,7 @@ impl Booking {
             show_id: self.show_id,
             about_event_id,
             message_id,
+            channel,
         })])
     }
 

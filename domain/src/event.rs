@@ -32,7 +32,13 @@ pub mod event_types {
     pub const BOOKING_CANCELLED: &str = "booking.cancelled.v1";
     pub const BOOKING_REFUND_REQUESTED: &str = "booking.refund_requested.v1";
     pub const BOOKING_REFUNDED: &str = "booking.refunded.v1";
-    pub const BOOKING_EMAIL_SENT: &str = "booking.email_sent.v1";
+    pub const BOOKING_EMAIL_SENT: &str = "booking.email_sent.v2";
+
+    /// Old type names: still read (through [`super::UPCASTERS`]), never written, not in [`ALL`].
+    ///
+    /// `booking.email_sent.v1`, written before the channel was recorded; upcast to
+    /// [`BOOKING_EMAIL_SENT`] with `"channel": "unknown"`.
+    pub const BOOKING_EMAIL_SENT_V1: &str = "booking.email_sent.v1";
 
     /// Every current type name, show events first.
     pub const ALL: &[&str] = &[
@@ -185,8 +191,20 @@ pub struct Upcaster {
 }
 
 /// The upcasters [`DomainEvent::decode`] applies, chained until a current type is reached.
-/// Empty while every type is at its first version.
-pub const UPCASTERS: &[Upcaster] = &[];
+pub const UPCASTERS: &[Upcaster] = &[Upcaster {
+    from_type: event_types::BOOKING_EMAIL_SENT_V1,
+    upcast: email_sent_v1_to_v2,
+}];
+
+/// `booking.email_sent.v1` → `v2`: v1 events were written before the channel was recorded, so
+/// their channel is `unknown`.
+fn email_sent_v1_to_v2(mut data: Value) -> Result<(&'static str, Value), String> {
+    let Some(object) = data.as_object_mut() else {
+        return Err("the data is not a JSON object".to_string());
+    };
+    object.insert("channel".to_string(), Value::from("unknown"));
+    Ok((event_types::BOOKING_EMAIL_SENT, data))
+}
 
 /// Bounds an upcaster chain, so that a cycle in the table is an error instead of a hang.
 const MAX_UPCAST_STEPS: usize = 32;

@@ -3,7 +3,7 @@
 mod support;
 
 use domain::booking::{
-    BookingCancelled, CancelledBy, EmailSent, FailureReason, PaymentFailureReason,
+    BookingCancelled, CancelledBy, EmailChannel, EmailSent, FailureReason, PaymentFailureReason,
     PaymentSucceeded, RefundProgress, RefundRequested,
 };
 use domain::{
@@ -156,6 +156,7 @@ fn every_other_command_needs_an_existing_booking() {
         BookingCommand::RecordEmailSent {
             about_event_id: EventId::new(),
             message_id: "<m@zq>".into(),
+            channel: EmailChannel::Smtp,
         },
     ];
     for command in commands {
@@ -774,23 +775,27 @@ fn emails_are_recorded_once_per_event() {
         show_id: show_id(),
         about_event_id: about,
         message_id: "<m1@zingqueue>".into(),
+        channel: EmailChannel::Smtp,
     });
     given_booking(history_confirmed())
         .when(BookingCommand::RecordEmailSent {
             about_event_id: about,
             message_id: "<m1@zingqueue>".into(),
+            channel: EmailChannel::Smtp,
         })
         .then([sent.clone()]);
     given_booking([history_confirmed(), vec![sent]].concat())
         .when(BookingCommand::RecordEmailSent {
             about_event_id: about,
             message_id: "<m1@zingqueue>".into(),
+            channel: EmailChannel::Smtp,
         })
         .then_nothing();
     given_booking(history_confirmed())
         .when(BookingCommand::RecordEmailSent {
             about_event_id: about,
             message_id: String::new(),
+            channel: EmailChannel::Smtp,
         })
         .then_error(DomainError::InvalidCommand {
             reason: "message_id must not be empty",

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use domain::booking::{CancelledBy, EmailSent, FailureReason, PaymentFailureReason};
+use domain::booking::{CancelledBy, EmailChannel, EmailSent, FailureReason, PaymentFailureReason};
 use domain::show::{ReleaseReason, SeatsReleased, SeatsSold};
 use domain::{
     BookingEvent, BookingStatus, DomainEvent, EventDecodeError, EventEnvelope, EventId, ShowEvent,
@@ -47,6 +47,7 @@ fn one_of_each() -> Vec<DomainEvent> {
             show_id: show_id(),
             about_event_id: EventId::new(),
             message_id: "<m1@zingqueue>".into(),
+            channel: EmailChannel::Smtp,
         }),
     ];
     show_events
@@ -214,8 +215,14 @@ fn every_type_keeps_its_field_names() {
             &["amount", "booking_id", "charge_id", "refund_id", "show_id"],
         ),
         (
-            "booking.email_sent.v1",
-            &["about_event_id", "booking_id", "message_id", "show_id"],
+            "booking.email_sent.v2",
+            &[
+                "about_event_id",
+                "booking_id",
+                "channel",
+                "message_id",
+                "show_id",
+            ],
         ),
     ];
     let actual: Vec<(&str, Vec<String>)> = one_of_each()
@@ -252,6 +259,9 @@ fn every_enum_value_keeps_its_spelling() {
         spell(json!(PaymentFailureReason::Exhausted)),
         spell(json!(CancelledBy::Holder)),
         spell(json!(CancelledBy::Admin)),
+        spell(json!(EmailChannel::Smtp)),
+        spell(json!(EmailChannel::MailFolder)),
+        spell(json!(EmailChannel::Unknown)),
     ];
     assert_eq!(
         spellings,
@@ -265,6 +275,9 @@ fn every_enum_value_keeps_its_spelling() {
             "exhausted",
             "holder",
             "admin",
+            "smtp",
+            "mail_folder",
+            "unknown",
         ]
     );
     // Statuses travel in `booking.cancelled.v1` and are the API's `status` values.
@@ -348,7 +361,7 @@ const EMAIL_SENT_V0: &str = "booking.email_sent.v0";
 /// A made-up even earlier version: no show id.
 const EMAIL_SENT_V00: &str = "booking.email_sent.v00";
 
-fn email_sent_v0_to_v1(data: Value) -> Result<(&'static str, Value), String> {
+fn email_sent_v0_to_v2(data: Value) -> Result<(&'static str, Value), String> {
     let field = |name: &str| data.get(name).cloned().ok_or(format!("{name} is missing"));
     Ok((
         event_types::BOOKING_EMAIL_SENT,
@@ -357,6 +370,7 @@ fn email_sent_v0_to_v1(data: Value) -> Result<(&'static str, Value), String> {
             "show_id": field("show")?,
             "about_event_id": field("about")?,
             "message_id": field("message_id")?,
+            "channel": "unknown",
         }),
     ))
 }
@@ -369,7 +383,7 @@ fn email_sent_v00_to_v0(mut data: Value) -> Result<(&'static str, Value), String
 const TEST_UPCASTERS: &[Upcaster] = &[
     Upcaster {
         from_type: EMAIL_SENT_V0,
-        upcast: email_sent_v0_to_v1,
+        upcast: email_sent_v0_to_v2,
     },
     Upcaster {
         from_type: EMAIL_SENT_V00,
@@ -385,6 +399,7 @@ fn upcasters_turn_old_versions_into_the_current_type_step_by_step() {
         show_id: show_id(),
         about_event_id: about,
         message_id: "<m1@zingqueue>".into(),
+        channel: EmailChannel::Unknown,
     }));
     let v0 = json!({
         "booking": the_booking().to_string(),
@@ -396,7 +411,7 @@ fn upcasters_turn_old_versions_into_the_current_type_step_by_step() {
         DomainEvent::decode_with_upcasters(TEST_UPCASTERS, EMAIL_SENT_V0, &v0.to_string()),
         Ok(expected.clone())
     );
-    // Two steps: v00 → v0 → v1.
+    // Two steps: v00 → v0 → v2.
     let mut v00 = v0.clone();
     v00.as_object_mut().expect("an object").remove("show");
     assert_eq!(
@@ -418,6 +433,102 @@ fn upcasters_turn_old_versions_into_the_current_type_step_by_step() {
             .unwrap_err()
             .is_unknown_type()
     );
+}
+
+/// `booking.email_sent.v1` as it was written, before the channel was recorded.
+fn email_sent_v1_data(about: EventId) -> Value {
+    json!({
+        "booking_id": the_booking().to_string(),
+        "show_id": show_id().to_string(),
+        "about_event_id": about.to_string(),
+        "message_id": "<m1@zingqueue>",
+    })
+}
+
+#[test]
+fn email_sent_v1_is_an_old_type_read_as_v2_with_an_unknown_channel() {
+    assert_eq!(event_types::BOOKING_EMAIL_SENT, "booking.email_sent.v2");
+    assert_eq!(event_types::BOOKING_EMAIL_SENT_V1, "booking.email_sent.v1");
+    assert!(!event_types::ALL.contains(&event_types::BOOKING_EMAIL_SENT_V1));
+    assert!(DomainEvent::is_known_type("booking.email_sent.v1"));
+
+    let about = EventId::new();
+    let v1 = email_sent_v1_data(about);
+    let expected = DomainEvent::from(BookingEvent::EmailSent(EmailSent {
+        booking_id: the_booking(),
+        show_id: show_id(),
+        about_event_id: about,
+        message_id: "<m1@zingqueue>".into(),
+        channel: EmailChannel::Unknown,
+    }));
+    assert_eq!(
+        DomainEvent::decode("booking.email_sent.v1", &v1.to_string()),
+        Ok(expected.clone())
+    );
+    assert_eq!(
+        DomainEvent::decode_json("booking.email_sent.v1", v1),
+        Ok(expected.clone())
+    );
+    // Read as the current type, and written back under it.
+    assert_eq!(expected.event_type(), "booking.email_sent.v2");
+    assert_eq!(expected.to_json()["channel"], json!("unknown"));
+}
+
+#[test]
+fn email_sent_v2_round_trips_with_its_channel() {
+    for channel in [
+        EmailChannel::Smtp,
+        EmailChannel::MailFolder,
+        EmailChannel::Unknown,
+    ] {
+        let event = DomainEvent::from(BookingEvent::EmailSent(EmailSent {
+            booking_id: the_booking(),
+            show_id: show_id(),
+            about_event_id: EventId::new(),
+            message_id: "<m1@zingqueue>".into(),
+            channel,
+        }));
+        let text = event.to_json_string();
+        assert_eq!(
+            DomainEvent::decode("booking.email_sent.v2", &text),
+            Ok(event),
+            "{text}"
+        );
+    }
+    // v2 data must say its channel.
+    let mut missing = email_sent_v1_data(EventId::new());
+    assert!(matches!(
+        DomainEvent::decode_json("booking.email_sent.v2", missing.clone()),
+        Err(EventDecodeError::InvalidData { .. })
+    ));
+    missing["channel"] = json!("carrier_pigeon");
+    assert!(matches!(
+        DomainEvent::decode_json("booking.email_sent.v2", missing),
+        Err(EventDecodeError::InvalidData { .. })
+    ));
+}
+
+#[test]
+fn email_sent_v1_data_that_is_not_an_object_is_invalid() {
+    for data in ["[]", "\"sent\"", "42", "null"] {
+        let error = DomainEvent::decode("booking.email_sent.v1", data).unwrap_err();
+        assert_eq!(
+            error,
+            EventDecodeError::InvalidData {
+                event_type: "booking.email_sent.v1".into(),
+                reason: "upcasting booking.email_sent.v1: the data is not a JSON object".into(),
+            },
+            "{data}"
+        );
+        assert!(!error.is_unknown_type());
+    }
+    // An object missing a field gets past the upcaster and fails as v2 data.
+    let mut incomplete = email_sent_v1_data(EventId::new());
+    incomplete.as_object_mut().unwrap().remove("message_id");
+    assert!(matches!(
+        DomainEvent::decode("booking.email_sent.v1", &incomplete.to_string()),
+        Err(EventDecodeError::InvalidData { event_type, .. }) if event_type == "booking.email_sent.v1"
+    ));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use domain::booking::{BookingEvent, BookingRejected, EmailSent};
+use domain::booking::{BookingEvent, BookingRejected, EmailChannel, EmailSent};
 use domain::{BookingId, DomainEvent, EventId, ShowId, event_types};
 use event_store::{EventMetadata, EventStore, Position, RecordedEvent};
 use infra::consumer::{
@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 const TOPIC: &str = "zq.booking-events";
 
-/// Handles `booking.email_sent.v1`, recording (stream, version) in the order handled.
+/// Handles `booking.email_sent.v2`, recording (stream, version) in the order handled.
 #[derive(Default)]
 struct Recorder {
     handled: Mutex<Vec<(String, u64)>>,
@@ -119,6 +119,7 @@ fn email(booking: BookingId) -> DomainEvent {
         show_id: ShowId::new(),
         about_event_id: EventId::new(),
         message_id: "<m@zingqueue>".into(),
+        channel: EmailChannel::Smtp,
     }))
 }
 

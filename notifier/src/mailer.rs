@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use domain::booking::EmailChannel;
 use lettre::message::Mailbox;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue, MIME_VERSION_1_0};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -81,6 +82,11 @@ pub trait Mailer: Send + Sync + 'static {
     async fn check(&self) -> Result<(), MailError> {
         Ok(())
     }
+
+    /// How this mailer delivers, recorded in `booking.email_sent.v2`.
+    fn channel(&self) -> EmailChannel {
+        EmailChannel::Unknown
+    }
 }
 
 #[async_trait]
@@ -92,6 +98,10 @@ impl<M: Mailer + ?Sized> Mailer for Box<M> {
     async fn check(&self) -> Result<(), MailError> {
         (**self).check().await
     }
+
+    fn channel(&self) -> EmailChannel {
+        (**self).channel()
+    }
 }
 
 #[async_trait]
@@ -102,6 +112,10 @@ impl<M: Mailer + ?Sized> Mailer for Arc<M> {
 
     async fn check(&self) -> Result<(), MailError> {
         (**self).check().await
+    }
+
+    fn channel(&self) -> EmailChannel {
+        (**self).channel()
     }
 }
 
@@ -285,6 +299,10 @@ impl Mailer for SmtpMailer {
             ))),
         }
     }
+
+    fn channel(&self) -> EmailChannel {
+        EmailChannel::Smtp
+    }
 }
 
 /// Transient: 4xx replies, timeouts, refused or dropped connections, garbled replies (the server
@@ -450,6 +468,10 @@ impl Mailer for MailDirMailer {
                 self.dir.display()
             ))
         })
+    }
+
+    fn channel(&self) -> EmailChannel {
+        EmailChannel::MailFolder
     }
 }
 

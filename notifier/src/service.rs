@@ -183,6 +183,7 @@ impl Handler for NotifierHandler {
         }
         info!(%booking_id, outcome = outcome.as_str(), message_id = %email.message_id(), "email sent");
         let message_id = email.message_id();
+        let channel = self.mailer.channel();
         // The server has the email: from here on only the record is retried, never the send
         // (a failed append would otherwise send the email again on every retry).
         let mut attempt = 0;
@@ -196,6 +197,7 @@ impl Handler for NotifierHandler {
                 |_| BookingCommand::RecordEmailSent {
                     about_event_id,
                     message_id: message_id.clone(),
+                    channel,
                 },
             )
             .await;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::{Duration, Utc};
 use domain::booking::{self, BookingCommand, CancelledBy, RequestBooking};
@@ -42,6 +43,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     every_path_of_the_saga_lands_in_the_read_models,
     a_rebuild_from_position_zero_gives_the_same_rows,
+    an_email_sent_v1_in_the_log_is_read_through_its_upcaster,
 );
 
 fn seats(ids: &[&str]) -> BTreeSet<SeatId> {
@@ -370,29 +372,7 @@ async fn a_rebuild_from_position_zero_gives_the_same_rows(url: &str) {
         db.stats(&[show_id]).await.unwrap(),
     );
     // Rebuilt from an empty set of tables.
-    let rebuilt_db = {
-        let dir_url = url.to_string();
-        let db = ReadModelDb::open(&dir_url).await.unwrap();
-        match &db {
-            ReadModelDb::Postgres(pool) => {
-                for table in ["rm_bookings", "rm_seats", "rm_show_stats", "rm_checkpoints"] {
-                    sqlx::query(&format!("DELETE FROM {table}"))
-                        .execute(pool)
-                        .await
-                        .unwrap();
-                }
-            }
-            ReadModelDb::Sqlite(pool) => {
-                for table in ["rm_bookings", "rm_seats", "rm_show_stats", "rm_checkpoints"] {
-                    sqlx::query(&format!("DELETE FROM {table}"))
-                        .execute(pool)
-                        .await
-                        .unwrap();
-                }
-            }
-        }
-        db
-    };
+    let rebuilt_db = emptied_read_models(url).await;
     Projector::new(store.clone(), rebuilt_db.clone())
         .catch_up()
         .await
@@ -400,6 +380,128 @@ async fn a_rebuild_from_position_zero_gives_the_same_rows(url: &str) {
     let after = (
         rebuilt_db.bookings(&bookings).await.unwrap(),
         rebuilt_db.seats(show_id, None).await.unwrap(),
+        rebuilt_db.stats(&[show_id]).await.unwrap(),
+    );
+    assert_eq!(before, after);
+}
+
+/// The read models at `url` with every table emptied, for a rebuild from position zero.
+async fn emptied_read_models(url: &str) -> ReadModelDb {
+    let db = ReadModelDb::open(url).await.unwrap();
+    match &db {
+        ReadModelDb::Postgres(pool) => {
+            for table in ["rm_bookings", "rm_seats", "rm_show_stats", "rm_checkpoints"] {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        ReadModelDb::Sqlite(pool) => {
+            for table in ["rm_bookings", "rm_seats", "rm_show_stats", "rm_checkpoints"] {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    db
+}
+
+/// A log written across the `booking.email_sent` schema change: a v1 email (as stored before
+/// the channel was recorded) and a v2 one on the same booking.
+async fn an_email_sent_v1_in_the_log_is_read_through_its_upcaster(url: &str) {
+    let store = event_store::open(url).await.unwrap();
+    let show_id = ShowId::new();
+    let booking_id = booking(
+        &store,
+        show_id,
+        &["A-1-1"],
+        vec![BookingCommand::HoldSeats {
+            expires_at: Utc::now() + Duration::minutes(10),
+        }],
+    )
+    .await;
+    // Written by a notifier of before v2: raw JSON under the old type name.
+    let v1 = serde_json::json!({
+        "booking_id": booking_id.to_string(),
+        "show_id": show_id.to_string(),
+        "about_event_id": domain::EventId::new().to_string(),
+        "message_id": "<v1@zingqueue>",
+    });
+    let raw = event_store::NewEvent::from_json_text(
+        uuid::Uuid::now_v7(),
+        "booking.email_sent.v1",
+        v1.to_string(),
+        event_store::EventMetadata {
+            partition_key: Some(show_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store
+        .append(StreamAppend::new(
+            booking_id.stream_id(),
+            ExpectedVersion::Any,
+            vec![raw],
+        ))
+        .await
+        .unwrap();
+    // Written now, decided against the state loaded through the upcaster.
+    let sent = booking::decide(
+        &load(&store, booking_id).await,
+        BookingCommand::RecordEmailSent {
+            about_event_id: domain::EventId::new(),
+            message_id: "<v2@zingqueue>".into(),
+            channel: booking::EmailChannel::MailFolder,
+        },
+    )
+    .unwrap();
+    assert_eq!(sent.len(), 1);
+    append(
+        &store,
+        &booking_id.stream_id(),
+        sent.into_iter().map(Into::into).collect(),
+    )
+    .await;
+
+    let db = ReadModelDb::open(url).await.unwrap();
+    let projector = Projector::new(store.clone(), db.clone());
+    assert_eq!(
+        projector.catch_up().await.unwrap(),
+        store.head().await.unwrap()
+    );
+    let stats = projector.stats();
+    assert_eq!(stats.undecodable.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.unknown_types.load(Ordering::Relaxed), 0);
+    let view = db.booking(booking_id).await.unwrap().unwrap();
+    assert_eq!(view.status, BookingStatus::Held);
+    let types: Vec<&str> = view
+        .timeline
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "booking.requested.v1",
+            "booking.seats_held.v1",
+            "booking.email_sent.v1",
+            "booking.email_sent.v2",
+        ]
+    );
+    let before = (
+        db.bookings(&[booking_id]).await.unwrap(),
+        db.stats(&[show_id]).await.unwrap(),
+    );
+
+    let rebuilt_db = emptied_read_models(url).await;
+    let rebuilt = Projector::new(store.clone(), rebuilt_db.clone());
+    rebuilt.catch_up().await.unwrap();
+    assert_eq!(rebuilt.stats().undecodable.load(Ordering::Relaxed), 0);
+    let after = (
+        rebuilt_db.bookings(&[booking_id]).await.unwrap(),
         rebuilt_db.stats(&[show_id]).await.unwrap(),
     );
     assert_eq!(before, after);

@@ -3,7 +3,7 @@
 //!
 //! The Message-ID is derived from the id of the event the email is about, so the same event always
 //! yields the same Message-ID. Email is at-least-once (a crash between the SMTP server's OK and
-//! recording `booking.email_sent.v1` resends it); a stable Message-ID lets mail systems and people
+//! recording `booking.email_sent.v2` resends it); a stable Message-ID lets mail systems and people
 //! recognise such a duplicate, and lets the mail folder replace the file instead of adding one.
 //!
 //! Pure: no I/O. Turning a [`BookingEmail`] into an RFC 5322 message is the mailer's job

@@ -219,16 +219,18 @@ impl Drop for Stack {
 }
 
 fn timeline(booking: &Value) -> Vec<String> {
+    // Type names without the stream prefix and the version: `booking.email_sent.v2` → `email_sent`.
     booking["timeline"]
         .as_array()
         .unwrap()
         .iter()
         .map(|entry| {
-            entry["type"]
+            let name = entry["type"]
                 .as_str()
                 .unwrap()
-                .trim_start_matches("booking.")
-                .trim_end_matches(".v1")
+                .trim_start_matches("booking.");
+            name.rsplit_once(".v")
+                .map_or(name, |(name, _)| name)
                 .to_string()
         })
         .collect()

@@ -52,6 +52,17 @@ fn corrupt(key: impl std::fmt::Display, reason: impl std::fmt::Display) -> Proje
     }
 }
 
+/// Rows per multi-row statement (well below both backends' limits on bound parameters).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` values.
+fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(row * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn placeholders(from: usize, count: usize) -> String {
     (from..from + count)
         .map(|n| format!("${n}"))
@@ -68,7 +79,9 @@ macro_rules! read_models {
         use event_store::Position;
         use sqlx::Row;
 
-        use super::{Changes, ProjectionError, SCHEMA, corrupt, placeholders};
+        use super::{
+            Changes, ProjectionError, ROWS_PER_STATEMENT, SCHEMA, corrupt, placeholders, value_rows,
+        };
         use crate::view::{BookingView, SeatClaim, ShowStats};
 
         pub(super) async fn create_schema(pool: &$pool) -> Result<(), ProjectionError> {
@@ -209,46 +222,68 @@ macro_rules! read_models {
             changes: &Changes,
         ) -> Result<(), ProjectionError> {
             let mut tx = pool.begin().await?;
-            for view in changes.bookings.values() {
-                let body = serde_json::to_string(view).map_err(|e| corrupt(view.booking_id, e))?;
-                sqlx::query(
+            // Multi-row statements: a burst of bookings is a few statements per batch, not one
+            // round trip per row.
+            let views: Vec<&BookingView> = changes.bookings.values().collect();
+            for chunk in views.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
                     "INSERT INTO rm_bookings (booking_id, show_id, customer_id, status, body, \
-                     last_position) VALUES ($1, $2, $3, $4, $5, $6) \
+                     last_position) VALUES {} \
                      ON CONFLICT (booking_id) DO UPDATE SET show_id = excluded.show_id, \
                      customer_id = excluded.customer_id, status = excluded.status, \
                      body = excluded.body, last_position = excluded.last_position",
-                )
-                .bind(view.booking_id.to_string())
-                .bind(view.show_id.to_string())
-                .bind(view.customer.id.as_str())
-                .bind(view.status.as_str())
-                .bind(body)
-                .bind(i64::try_from(view.last_position).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
+                    value_rows(chunk.len(), 6)
+                );
+                let mut query = sqlx::query(&sql);
+                for view in chunk {
+                    let body =
+                        serde_json::to_string(view).map_err(|e| corrupt(view.booking_id, e))?;
+                    query = query
+                        .bind(view.booking_id.to_string())
+                        .bind(view.show_id.to_string())
+                        .bind(view.customer.id.as_str().to_string())
+                        .bind(view.status.as_str())
+                        .bind(body)
+                        .bind(i64::try_from(view.last_position).unwrap_or(i64::MAX));
+                }
+                query.execute(&mut *tx).await?;
             }
+            let mut claimed = Vec::new();
+            let mut freed: HashMap<ShowId, Vec<&SeatId>> = HashMap::new();
             for ((show_id, seat), claim) in &changes.seats {
                 match claim {
-                    Some(claim) => {
-                        sqlx::query(
-                            "INSERT INTO rm_seats (show_id, seat, booking_id, sold) \
-                             VALUES ($1, $2, $3, $4) ON CONFLICT (show_id, seat) DO UPDATE \
-                             SET booking_id = excluded.booking_id, sold = excluded.sold",
-                        )
+                    Some(claim) => claimed.push((show_id, seat, claim)),
+                    None => freed.entry(*show_id).or_default().push(seat),
+                }
+            }
+            for chunk in claimed.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO rm_seats (show_id, seat, booking_id, sold) VALUES {} \
+                     ON CONFLICT (show_id, seat) DO UPDATE \
+                     SET booking_id = excluded.booking_id, sold = excluded.sold",
+                    value_rows(chunk.len(), 4)
+                );
+                let mut query = sqlx::query(&sql);
+                for (show_id, seat, claim) in chunk {
+                    query = query
                         .bind(show_id.to_string())
                         .bind(seat.to_string())
                         .bind(claim.booking_id.to_string())
-                        .bind(claim.sold)
-                        .execute(&mut *tx)
-                        .await?;
+                        .bind(claim.sold);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for (show_id, seats) in &freed {
+                for chunk in seats.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "DELETE FROM rm_seats WHERE show_id = $1 AND seat IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql).bind(show_id.to_string());
+                    for seat in chunk {
+                        query = query.bind(seat.to_string());
                     }
-                    None => {
-                        sqlx::query("DELETE FROM rm_seats WHERE show_id = $1 AND seat = $2")
-                            .bind(show_id.to_string())
-                            .bind(seat.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    query.execute(&mut *tx).await?;
                 }
             }
             for (show_id, stats) in &changes.stats {

@@ -22,13 +22,10 @@ use booking_api::ApiState;
 use booking_api::auth::AdminToken;
 use event_store::{EventStore, PostgresEventStore, SqliteEventStore};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::ceiling::{self, RawSqlite};
-use super::{Comparison, Figure};
+use super::{Comparison, Connection, Figure};
 use crate::cli::ApiBenchArgs;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -203,55 +200,6 @@ async fn measure(
     server.await?.context("serving the API")?;
     store.close().await;
     Ok(results)
-}
-
-/// One keep-alive HTTP/1.1 connection to the API.
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Connection {
-    async fn open(address: SocketAddr) -> anyhow::Result<Connection> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // Ends when the connection closes; an error then is the run's end, not news.
-            let _ = connection.await;
-        });
-        Ok(Connection {
-            sender,
-            host: address.to_string(),
-        })
-    }
-
-    /// Send one request and read the whole answer: (status, body).
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: String,
-    ) -> anyhow::Result<(u16, Bytes)> {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        self.sender.ready().await?;
-        let response = self
-            .sender
-            .send_request(request.body(Full::new(Bytes::from(body)))?)
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
 }
 
 async fn create_show(address: SocketAddr) -> anyhow::Result<String> {

@@ -46,9 +46,6 @@ use chrono::{DateTime, Utc};
 use event_store::{EventStore, Position, RecordedEvent};
 use futures::FutureExt;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use infra::consumer::Watermarks;
 use infra::relay::FollowGroups;
@@ -56,7 +53,7 @@ use sqlx::Connection as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::{Figure, rate};
+use super::{Connection, Figure, rate};
 use crate::cli::{GlobalArgs, SaleBenchArgs, ServiceArgs};
 use crate::commands::{self, services};
 
@@ -709,7 +706,7 @@ async fn create_show(address: SocketAddr, seats: u64) -> anyhow::Result<String> 
     });
     let mut connection = Connection::open(address).await?;
     let (status, body) = connection
-        .send("/shows", Some(ADMIN_TOKEN), show.to_string())
+        .send("POST", "/shows", Some(ADMIN_TOKEN), show.to_string())
         .await?;
     if status != 201 {
         bail!(
@@ -785,8 +782,9 @@ async fn load(address: SocketAddr, show_id: &str, plan: Plan) -> anyhow::Result<
                     }
                     let body = booking_request(&show_id, &plan, index);
                     loop {
-                        let (status, answer) =
-                            connection.send("/bookings", None, body.clone()).await?;
+                        let (status, answer) = connection
+                            .send("POST", "/bookings", None, body.clone())
+                            .await?;
                         match status {
                             202 => break,
                             503 => {
@@ -1214,54 +1212,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection to the API.
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Connection {
-    async fn open(address: SocketAddr) -> anyhow::Result<Connection> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // Ends when the connection closes; an error then is the run's end, not news.
-            let _ = connection.await;
-        });
-        Ok(Connection {
-            sender,
-            host: address.to_string(),
-        })
-    }
-
-    /// POST `body` to `path` and read the whole answer: (status, body).
-    async fn send(
-        &mut self,
-        path: &str,
-        token: Option<&str>,
-        body: String,
-    ) -> anyhow::Result<(u16, Bytes)> {
-        let mut request = hyper::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", &self.host)
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        self.sender.ready().await?;
-        let response = self
-            .sender
-            .send_request(request.body(Full::new(Bytes::from(body)))?)
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
     }
 }
 

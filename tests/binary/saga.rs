@@ -16,47 +16,18 @@ struct Stack {
     up: Option<Running>,
     client: Client,
     env: Vec<(String, String)>,
-    _data_dir: tempfile::TempDir,
-    database: testkit::PostgresDatabase,
-    redis: testkit::RedisDatabase,
-    kafka: testkit::KafkaBroker,
-    smtp: testkit::SmtpServer,
+    servers: Servers,
 }
 
 impl Stack {
     fn start(extra_env: &[(&str, &str)]) -> Stack {
-        let database = testkit::postgres();
-        let redis = testkit::redis();
-        let kafka = testkit::kafka();
-        // The mock cluster has no CreateTopics API: topics are made through its handle.
-        kafka.create_topic("zq.booking-events", 4).unwrap();
-        for cause in [
-            "poison",
-            "handler-failed",
-            "expired-seats",
-            "payment-exhausted",
-            "email-failed",
-        ] {
-            kafka.create_topic(&format!("zq.dlq.{cause}"), 1).unwrap();
-        }
-        let smtp = testkit::smtp();
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut env: Vec<(String, String)> = [
-            ("ZQ_DATABASE_URL", database.url.as_str()),
-            ("ZQ_KAFKA_BROKERS", kafka.bootstrap_servers.as_str()),
-            ("ZQ_REDIS_URL", redis.url.as_str()),
-            ("ZQ_SMTP_URL", smtp.url.as_str()),
-            ("ZQ_ADMIN_TOKEN", ADMIN),
-            ("ZQ_LISTEN", "127.0.0.1:0"),
-            ("ZQ_DATA_DIR", data_dir.path().to_str().unwrap()),
-            ("ZQ_PARTITIONS", "4"),
-            ("ZQ_SESSION_TIMEOUT_MS", "6000"),
-            ("ZQ_PAYMENT_RETRY_BASE_MS", "20"),
-            ("RUST_LOG", "warn"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let servers = Servers::start();
+        let mut env: Vec<(String, String)> = servers
+            .env("6000")
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        env.push(("ZQ_PAYMENT_RETRY_BASE_MS".into(), "20".into()));
         for (key, value) in extra_env {
             env.retain(|(k, _)| k != key);
             env.push((key.to_string(), value.to_string()));
@@ -65,11 +36,7 @@ impl Stack {
             up: None,
             client: Client { api: String::new() },
             env,
-            _data_dir: data_dir,
-            database,
-            redis,
-            kafka,
-            smtp,
+            servers,
         };
         stack.launch();
         stack
@@ -94,7 +61,8 @@ impl Stack {
 
     fn emails_to(&self, customer: &str) -> Vec<String> {
         let address = format!("{customer}@example.com");
-        self.smtp
+        self.servers
+            .smtp
             .messages()
             .into_iter()
             .filter(|m| m.contains(&address))
@@ -598,21 +566,21 @@ async fn poison_records_are_dead_lettered_and_unknown_types_skipped() {
     // A subscribed type whose data does not decode (payment's), bad JSON (seat-lock's), and a
     // type no service knows, all on the show's partition, before a good booking.
     produce(
-        &stack.kafka,
+        &stack.servers.kafka,
         &show,
         Some("zingqueue.booking.seats_held.v1"),
         br#"{"not":"a hold"}"#,
     )
     .await;
     produce(
-        &stack.kafka,
+        &stack.servers.kafka,
         &show,
         Some("zingqueue.booking.requested.v1"),
         b"{not json",
     )
     .await;
     produce(
-        &stack.kafka,
+        &stack.servers.kafka,
         &show,
         Some("zingqueue.booking.teleported.v1"),
         br#"{"to":"mars"}"#,
@@ -650,7 +618,7 @@ async fn poison_records_are_dead_lettered_and_unknown_types_skipped() {
         assert!(letters.iter().all(|l| l["payload"].is_string()));
     });
     // Mirrored to zq.dlq.poison with the headers that name the error.
-    let mirrored = read_topic(&stack.kafka, "zq.dlq.poison", 2).await;
+    let mirrored = read_topic(&stack.servers.kafka, "zq.dlq.poison", 2).await;
     assert_eq!(mirrored.len(), 2);
     for headers in &mirrored {
         assert_eq!(
@@ -771,7 +739,9 @@ fn committed(kafka: &testkit::KafkaBroker, group: &str) -> i64 {
 
 fn log_head(stack: &Stack) -> u64 {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = event_store::open(&stack.database.url).await.unwrap();
+        let store = event_store::open(&stack.servers.database.url)
+            .await
+            .unwrap();
         store.head().await.unwrap().0
     })
 }
@@ -788,22 +758,22 @@ fn redelivery_from_offset_zero_repeats_no_effect() {
             is_terminal(b) && timeline(b).contains(&"email_sent".to_string())
         });
     }
-    let emails = stack.smtp.messages().len();
+    let emails = stack.servers.smtp.messages().len();
     assert_eq!(emails, 3);
     stack.stop();
     let head = log_head(&stack);
-    let end: i64 = committed(&stack.kafka, "seat-lock");
+    let end: i64 = committed(&stack.servers.kafka, "seat-lock");
     assert!(end > 0);
 
     for group in ["seat-lock", "payment", "notifier"] {
-        rewind_group(&stack.kafka, group);
-        assert_eq!(committed(&stack.kafka, group), 0, "{group} rewound");
+        rewind_group(&stack.servers.kafka, group);
+        assert_eq!(committed(&stack.servers.kafka, group), 0, "{group} rewound");
     }
     stack.launch();
     // Every group works through the whole topic again...
     let deadline = Instant::now() + Duration::from_secs(60);
     for group in ["seat-lock", "payment", "notifier"] {
-        while committed(&stack.kafka, group) < end {
+        while committed(&stack.servers.kafka, group) < end {
             assert!(Instant::now() < deadline, "{group} never caught up again");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -815,7 +785,7 @@ fn redelivery_from_offset_zero_repeats_no_effect() {
         "no event was appended by the redelivery"
     );
     assert_eq!(
-        stack.smtp.messages().len(),
+        stack.servers.smtp.messages().len(),
         emails,
         "no email was sent again"
     );
@@ -857,13 +827,16 @@ fn redis_flushed_and_restarted_mid_sale_never_sells_a_seat_twice() {
         };
         bookings.push(stack.book(&show, &wanted, "sim_ok", &format!("fan{i}")));
         if i == 30 {
-            assert!(redis_command(&stack.redis.url, "FLUSHDB").contains("+OK"));
+            assert!(redis_command(&stack.servers.redis.url, "FLUSHDB").contains("+OK"));
         }
         if i == 60 {
             // What a restart without persistence looks like to clients: every connection
             // dropped and the data gone.
-            assert!(redis_command(&stack.redis.url, "FLUSHDB").contains("+OK"));
-            redis_command(&stack.redis.url, "CLIENT KILL TYPE normal SKIPME yes");
+            assert!(redis_command(&stack.servers.redis.url, "FLUSHDB").contains("+OK"));
+            redis_command(
+                &stack.servers.redis.url,
+                "CLIENT KILL TYPE normal SKIPME yes",
+            );
         }
     }
     let mut owner_of: std::collections::HashMap<String, String> = Default::default();
@@ -914,20 +887,13 @@ fn cancelling_a_paid_booking_refunds_it_and_frees_its_seats() {
     let servers = Servers::start();
     let env = servers.env("3000");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (_api, api) = spawn_until(&["run", "api"], &env, "api:");
-    let (_relay, _) = spawn_until(&["run", "relay"], &env, "relay:");
-    let (seat_lock, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
-    let (_payment, _) = spawn_until(&["run", "payment"], &env, "payment:");
-    let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
-    let (_projections, _) = spawn_until(&["run", "projections"], &env, "projections:");
-    let client = Client {
-        api: api
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_start_matches("http://")
-            .to_string(),
-    };
+    let (_api, api) = run("api", &env);
+    let (_relay, _) = run("relay", &env);
+    let (seat_lock, _) = run("seat-lock", &env);
+    let (_payment, _) = run("payment", &env);
+    let (_notifier, _) = run("notifier", &env);
+    let (_projections, _) = run("projections", &env);
+    let client = Client { api };
     let show = client.create_show(1, 5);
     // The payment takes 4 s: seat-lock is stopped meanwhile, so the booking stays paid.
     let booking = client.book(&show, &["A-1-1"], "sim_slow_4000", "paid");
@@ -950,7 +916,7 @@ fn cancelling_a_paid_booking_refunds_it_and_frees_its_seats() {
     });
     assert_eq!(cancelled["status"], "cancelled");
     // seat-lock back: it drops the paid booking's hold, and the seat sells again.
-    let (_seat_lock, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
+    let (_seat_lock, _) = run("seat-lock", &env);
     let again = client.book(&show, &["A-1-1"], "sim_ok", "again");
     client.wait_for_status(&again, "confirmed");
     let (_, seats) = client.request(
@@ -960,6 +926,14 @@ fn cancelling_a_paid_booking_refunds_it_and_frees_its_seats() {
         &Value::Null,
     );
     assert_eq!(seats["seats"][0]["booking_id"], again.as_str());
+}
+
+/// `zingqueue run <component>` with `env`; returns the process and the first word of the line
+/// it announces itself with (for `api`, its address).
+fn run(component: &str, env: &[(&str, &str)]) -> (Running, String) {
+    let (running, line) = spawn_until(&["run", component], env, &format!("{component}:"));
+    let first = line.split_whitespace().next().unwrap_or_default();
+    (running, first.trim_start_matches("http://").to_string())
 }
 
 /// The servers a set of separately run components share.
@@ -1017,20 +991,14 @@ fn two_processes_of_each_service_split_the_partitions_and_survive_a_kill() {
     let servers = Servers::start();
     let env = servers.env("3000");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (_api, api) = spawn_until(&["run", "api"], &env, "api:");
-    let (_relay, _) = spawn_until(&["run", "relay"], &env, "relay:");
-    let (seat_lock_a, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
-    let (_seat_lock_b, _) = spawn_until(&["run", "seat-lock"], &env, "seat-lock:");
-    let (payment_a, _) = spawn_until(&["run", "payment"], &env, "payment:");
-    let (_payment_b, _) = spawn_until(&["run", "payment"], &env, "payment:");
-    let (_notifier, _) = spawn_until(&["run", "notifier"], &env, "notifier:");
-    let (_projections, _) = spawn_until(&["run", "projections"], &env, "projections:");
-    let api = api
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let (_api, api) = run("api", &env);
+    let (_relay, _) = run("relay", &env);
+    let (seat_lock_a, _) = run("seat-lock", &env);
+    let (_seat_lock_b, _) = run("seat-lock", &env);
+    let (payment_a, _) = run("payment", &env);
+    let (_payment_b, _) = run("payment", &env);
+    let (_notifier, _) = run("notifier", &env);
+    let (_projections, _) = run("projections", &env);
     let client = Client { api };
 
     // Several shows, so that both members of each group own busy partitions.

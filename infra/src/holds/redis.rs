@@ -195,6 +195,29 @@ impl RedisHoldStore {
     }
 
     /// The same store under another key prefix (default `zq:`), e.g. to keep tests apart.
+    /// Run a script that takes the expiry set as its key and (booking, expiry member, seat
+    /// keys…) as arguments: release and mark-sold.
+    async fn on_booking_seats(
+        &self,
+        script: &Script,
+        show_id: ShowId,
+        booking_id: BookingId,
+        seats: &BTreeSet<SeatId>,
+    ) -> Result<(), HoldError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.expiries_key())
+            .arg(booking_id.to_string())
+            .arg(expiry_member(show_id, booking_id));
+        for seat in seats {
+            invocation.arg(self.seat_key(show_id, seat));
+        }
+        invocation
+            .invoke_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
     pub fn with_prefix(self, prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
@@ -393,18 +416,8 @@ impl HoldStore for RedisHoldStore {
         booking_id: BookingId,
         seats: &BTreeSet<SeatId>,
     ) -> Result<(), HoldError> {
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(self.expiries_key())
-            .arg(booking_id.to_string())
-            .arg(expiry_member(show_id, booking_id));
-        for seat in seats {
-            invocation.arg(self.seat_key(show_id, seat));
-        }
-        invocation
-            .invoke_async::<()>(&mut self.connection())
+        self.on_booking_seats(&RELEASE, show_id, booking_id, seats)
             .await
-            .map_err(unavailable)
     }
 
     async fn mark_sold(
@@ -413,18 +426,8 @@ impl HoldStore for RedisHoldStore {
         booking_id: BookingId,
         seats: &BTreeSet<SeatId>,
     ) -> Result<(), HoldError> {
-        let mut invocation = MARK_SOLD.prepare_invoke();
-        invocation
-            .key(self.expiries_key())
-            .arg(booking_id.to_string())
-            .arg(expiry_member(show_id, booking_id));
-        for seat in seats {
-            invocation.arg(self.seat_key(show_id, seat));
-        }
-        invocation
-            .invoke_async::<()>(&mut self.connection())
+        self.on_booking_seats(&MARK_SOLD, show_id, booking_id, seats)
             .await
-            .map_err(unavailable)
     }
 
     async fn unmark_sold(

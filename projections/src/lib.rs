@@ -6,15 +6,19 @@
 //! [`runner::Projector`], the API reads through [`db::ReadModelDb`].
 //!
 //! Layout: [`view`] (the models as values and how each event changes them; pure), [`db`] (the
-//! tables, on Postgres or SQLite, written with the checkpoint in one transaction), [`runner`]
-//! (following the log in batches).
+//! tables, on Postgres or SQLite, written with the checkpoint in one transaction; live,
+//! shadow and snapshot sets of them), [`runner`] (following the log in batches, pausable),
+//! [`replay`] (rebuilding into shadow tables and switching, or building a snapshot).
 //!
-//! Status: the runner and the models are in place; the queries, live updates and replay of the
-//! read-model issue build on them.
+//! Invariants: a batch's rows and its checkpoint commit together, and only if the checkpoint
+//! is still where the batch started (so a switch or a second runner can never make a batch
+//! apply twice); the live tables are only ever replaced whole, in one transaction.
 
 pub mod db;
+pub mod replay;
 pub mod runner;
 pub mod view;
 
-pub use db::{ProjectionError, ReadModelDb};
-pub use runner::{Projector, READ_MODELS};
+pub use db::{ProjectionError, ReadModelDb, TableRows, TableSet};
+pub use replay::{ReplayError, ReplayRequest, ReplayState, ReplayStatus, Replays};
+pub use runner::{PauseGate, Projector, READ_MODELS, Until};

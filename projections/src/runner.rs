@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use domain::booking::BookingEvent;
 use domain::show::ShowEvent;
 use domain::{BookingId, DomainEvent, SeatId, ShowId};
 use event_store::{EventStore, Position, RecordedEvent};
 use infra::stored_events::decode;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::db::{Changes, ProjectionError, ReadModelDb};
 use crate::view::{BookingView, SeatClaim, ShowStats, TimelineEntry};
@@ -30,21 +31,48 @@ pub struct ProjectorStats {
     pub undecodable: AtomicU64,
 }
 
+/// Where a runner stops: at a log position, or at the last event recorded by a time (the
+/// database's clock, `recorded_at`). A bounded runner builds a snapshot, never the live set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Position(Position),
+    RecordedAt(DateTime<Utc>),
+}
+
+/// Pauses a runner between batches: a batch runs while holding the gate, so whoever holds
+/// it (a replay about to switch tables) knows no batch is in flight.
+#[derive(Debug, Clone, Default)]
+pub struct PauseGate(Arc<tokio::sync::Mutex<()>>);
+
+impl PauseGate {
+    /// Wait for the batch in flight, then keep the runner paused until the guard is dropped.
+    pub async fn pause(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.lock().await
+    }
+}
+
 pub struct Projector {
     store: Arc<dyn EventStore>,
+    /// The database, seen through the set of tables this runner writes.
     db: ReadModelDb,
-    name: String,
+    projection: String,
     batch_size: usize,
+    until: Option<Until>,
+    gate: PauseGate,
     stats: Arc<ProjectorStats>,
 }
 
 impl Projector {
+    /// A runner keeping the read models in the set of tables `db` is seen through (the live
+    /// one, unless [`ReadModelDb::with_tables`] chose another).
     pub fn new(store: Arc<dyn EventStore>, db: ReadModelDb) -> Projector {
         Projector {
             store,
             db,
-            name: READ_MODELS.to_string(),
+            projection: READ_MODELS.to_string(),
             batch_size: 1_000,
+            until: None,
+            gate: PauseGate::default(),
             stats: Arc::new(ProjectorStats::default()),
         }
     }
@@ -55,6 +83,16 @@ impl Projector {
         self
     }
 
+    /// Stop at a position or time (for snapshots).
+    pub fn until(mut self, until: Until) -> Projector {
+        self.until = Some(until);
+        self
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     pub fn stats(&self) -> Arc<ProjectorStats> {
         self.stats.clone()
     }
@@ -63,17 +101,40 @@ impl Projector {
         &self.db
     }
 
-    /// The position the read models reflect.
-    pub async fn position(&self) -> Result<Position, ProjectionError> {
-        self.db.checkpoint(&self.name).await
+    pub fn projection(&self) -> &str {
+        &self.projection
     }
 
-    /// Apply everything up to the log's head as it is now; returns the position reached.
-    pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+    /// The gate that pauses this runner (what a replay holds while it switches tables).
+    pub fn gate(&self) -> PauseGate {
+        self.gate.clone()
+    }
+
+    fn checkpoint_name(&self) -> String {
+        self.db.tables().checkpoint(&self.projection)
+    }
+
+    /// The position the read models reflect.
+    pub async fn position(&self) -> Result<Position, ProjectionError> {
+        self.db.checkpoint(&self.checkpoint_name()).await
+    }
+
+    /// Where this runner would stop now: the log's head, or its bound if that comes first.
+    pub async fn target(&self) -> Result<Position, ProjectionError> {
         let head = self.store.head().await?;
+        Ok(match self.until {
+            Some(Until::Position(until)) => head.min(until),
+            _ => head,
+        })
+    }
+
+    /// Apply everything up to the [`Projector::target`] as it is now; returns the position
+    /// reached.
+    pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        let target = self.target().await?;
         let mut position = self.position().await?;
-        while position < head {
-            position = self.step(position).await?;
+        while position < target {
+            position = self.apply_next_batch(position).await?;
         }
         Ok(position)
     }
@@ -87,8 +148,8 @@ impl Projector {
         let mut hint = self.store.head_hint();
         let mut position = self.position().await?;
         loop {
-            let next = self.step(position).await?;
-            if next > position {
+            let next = self.apply_next_batch(position).await?;
+            if next != position {
                 position = next;
                 continue;
             }
@@ -101,20 +162,42 @@ impl Projector {
         }
     }
 
-    /// Apply one batch after `after`; returns the position reached (`after` when none).
-    async fn step(&self, after: Position) -> Result<Position, ProjectionError> {
-        let events = self.store.read_all(after, self.batch_size).await?;
+    /// Apply one batch after `after`; returns the position reached: `after` when there is
+    /// nothing to do, the checkpoint as found when someone else moved it (a replay switched
+    /// the tables under this runner; the batch was not written).
+    pub async fn apply_next_batch(&self, after: Position) -> Result<Position, ProjectionError> {
+        let _running = self.gate.pause().await;
+        let mut events = self.store.read_all(after, self.batch_size).await?;
+        if let Some(Until::Position(until)) = self.until {
+            events.retain(|event| event.position <= until);
+        }
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(after);
         };
+        if let Some(Until::RecordedAt(until)) = self.until {
+            // The log's order is by position; a bound in time keeps what was recorded by
+            // then, wherever it sits.
+            events.retain(|event| event.recorded_at <= until);
+        }
+        let checkpoint = self.checkpoint_name();
         let span =
-            info_span!("project", projection = %self.name, after = %after, events = events.len());
+            info_span!("project", projection = %checkpoint, after = %after, events = events.len());
         let changes = self.changes_of(&events).instrument(span.clone()).await?;
-        self.db
-            .commit(&self.name, last, &changes)
+        match self
+            .db
+            .commit(&checkpoint, after, last, &changes)
             .instrument(span)
-            .await?;
-        Ok(last)
+            .await
+        {
+            Ok(()) => Ok(last),
+            Err(ProjectionError::CheckpointMoved { .. }) => {
+                let found = self.position().await?;
+                info!(projection = %checkpoint, expected = %after, %found,
+                    "the checkpoint moved under this runner (a replay switched tables?); going on from there");
+                Ok(found)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The read-model rows a batch of events leaves behind.

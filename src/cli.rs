@@ -132,8 +132,9 @@ pub struct ServiceArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run ZingQueue in one process: today the event store, a Kafka-protocol broker (in-process
-    /// unless ZQ_KAFKA_BROKERS names one), the relay and the HTTP API.
+    /// Run ZingQueue in one process: the event store, a Kafka-protocol broker (in-process
+    /// unless ZQ_KAFKA_BROKERS names one), the relay, seat-lock, payment, the notifier, the
+    /// read-model projector and the HTTP API.
     Up(UpArgs),
     /// Create or update the event store's schema, then exit.
     Migrate,
@@ -145,12 +146,51 @@ pub enum Command {
     /// Host librdkafka's mock cluster in this process, for running components as separate
     /// processes without Kafka. Not for production data: it forgets everything when it stops.
     DevBroker,
-    /// Measure ZingQueue beside the raw ceiling of the same machine.
     /// Dead letters: list, show, redrive.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Rebuild the read models from position 0 into shadow tables and switch to them once
+    /// caught up (queries keep answering), or build a snapshot as of a position or time. When
+    /// a `zingqueue up` runs on the same database, the rebuild runs there (through its admin
+    /// API) and this command follows it.
+    Replay(ReplayArgs),
+    /// Measure ZingQueue beside the raw ceiling of the same machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The projection to rebuild (the read models are one projection: `read-models`).
+    #[arg(long, default_value = projections::READ_MODELS)]
+    pub projection: String,
+    /// Build a snapshot as of this log position (a number) or this time (RFC 3339, compared
+    /// with the database's `recorded_at`) into `rm_*__snap_<name>` tables, switching nothing.
+    #[arg(long, value_parser = parse_until)]
+    pub until: Option<projections::Until>,
+    /// The snapshot's name (a-z, 0-9, _; at most 24). Default: from `--until`.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Events per transaction (default: 5000 on Postgres, 1000 on SQLite).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Run here even if a `zingqueue up` advertises itself for replays (it then finds its
+    /// checkpoint moved after the switch and goes on from there).
+    #[arg(long)]
+    pub here: bool,
+}
+
+fn parse_until(text: &str) -> Result<projections::Until, String> {
+    if let Ok(position) = text.parse::<u64>() {
+        return Ok(projections::Until::Position(event_store::Position(
+            position,
+        )));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| projections::Until::RecordedAt(at.with_timezone(&chrono::Utc)))
+        .map_err(|error| {
+            format!("{text:?} is neither a log position nor an RFC 3339 time ({error})")
+        })
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,11 +2,13 @@
 //! environment twins) and resolves where the data lives the same way (`infra::config`).
 //!
 //! Layout: `cli` (the clap definitions), `commands/` (one file per subcommand), `bench/` (the
-//! `bench` subcommands and the raw ceilings they are measured against).
+//! `bench` subcommands and the raw ceilings they are measured against), `http` (the client
+//! connection to the API).
 
 mod bench;
 mod cli;
 mod commands;
+mod http;
 
 use clap::Parser;
 
@@ -25,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         } => commands::api::run(&cli.global).await,
         cli::Command::Run { component } => commands::services::run(&cli.global, component).await,
         cli::Command::Dlq(command) => commands::dlq::run(&cli.global, command).await,
+        cli::Command::Replay(args) => commands::replay::run(&cli.global, args).await,
         cli::Command::DevBroker => commands::dev_broker::run(&cli.global).await,
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,

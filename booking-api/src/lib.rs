@@ -2,13 +2,16 @@
 //!
 //! ZingQueue's HTTP API (axum), with the routes, roles, shapes and status codes of API.md. The
 //! command side only appends events to the store (the store's writer gathers concurrent appends
-//! into one transaction): it never waits for Kafka, Redis or payment. Queries fold the streams
-//! until the projections' read models replace them.
+//! into one transaction): it never waits for Kafka, Redis or payment. Queries answer from the
+//! projections' read models (with `?min_position` for read-your-writes).
 //!
 //! Layout:
 //! - [`router`]: the state, the routes and the 1 MiB body limit; [`serve`] with graceful shutdown.
 //! - [`shows`]: `POST /shows` (admin), `GET /shows/{id}`, `GET /shows/{id}/seats`.
 //! - [`bookings`]: `POST /bookings`, `GET /bookings/{id}`, `DELETE /bookings/{id}`.
+//! - [`queries`]: `GET /shows/{id}/stats`, `GET /customers/{id}/bookings`, `?min_position`.
+//! - [`live`]: server-sent events of a booking's status and a show's seats.
+//! - [`dead_letters`], [`replays`]: the admin routes over dead letters and read-model replays.
 //! - [`idempotency`]: `Idempotency-Key`: derived ids, request fingerprints, in-flight keys.
 //! - [`access`]: booking access tokens (derived, only their hash stored) and who may see what.
 //! - [`auth`]: the admin bearer token, compared in constant time.
@@ -33,6 +36,7 @@ pub mod json;
 pub mod live;
 pub mod openapi;
 pub mod queries;
+pub mod replays;
 pub mod router;
 pub mod shows;
 pub mod streams;

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, dead_letters, error, health, live, queries, shows};
+use crate::{bookings, dead_letters, error, health, live, queries, replays, shows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,8 @@ use crate::{bookings, dead_letters, error, health, live, queries, shows};
         dead_letters::list_dead_letters,
         dead_letters::get_dead_letter,
         dead_letters::redrive_dead_letter,
+        replays::start_replay,
+        replays::get_replay,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -39,7 +41,7 @@ use crate::{bookings, dead_letters, error, health, live, queries, shows};
     tags(
         (name = "shows", description = "Shows and their seat maps"),
         (name = "bookings", description = "Booking commands and status"),
-        (name = "operations", description = "Dead letters and their redrives (admin)"),
+        (name = "operations", description = "Dead letters and their redrives, replays of the read models (admin)"),
         (name = "health", description = "Liveness, readiness and this document"),
     )
 )]

@@ -13,7 +13,7 @@ use crate::auth::AdminToken;
 use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
-use crate::{bookings, dead_letters, health, live, openapi, queries, shows};
+use crate::{bookings, dead_letters, health, live, openapi, queries, replays, shows};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -29,6 +29,8 @@ pub struct ApiState {
     pub catalog: ShowCatalog,
     /// The read models queries answer from (`None`: those routes answer 503).
     pub read_models: Option<projections::ReadModelDb>,
+    /// Replays of the read models run by this process (`None`: those routes answer 503).
+    pub replays: Option<projections::Replays>,
 }
 
 impl ApiState {
@@ -42,6 +44,7 @@ impl ApiState {
             in_flight: InFlightKeys::default(),
             catalog: ShowCatalog::default(),
             read_models: None,
+            replays: None,
         }
     }
 
@@ -49,6 +52,12 @@ impl ApiState {
     /// Answer queries from these read models.
     pub fn with_read_models(mut self, read_models: projections::ReadModelDb) -> ApiState {
         self.read_models = Some(read_models);
+        self
+    }
+
+    /// Run replays of the read models here (the admin routes `/admin/replays…`).
+    pub fn with_replays(mut self, replays: projections::Replays) -> ApiState {
+        self.replays = Some(replays);
         self
     }
 
@@ -84,6 +93,8 @@ pub fn router(state: ApiState) -> Router {
             "/admin/dead-letters/{id}/redrive",
             post(dead_letters::redrive_dead_letter),
         )
+        .route("/admin/replays", post(replays::start_replay))
+        .route("/admin/replays/{replay_id}", get(replays::get_replay))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

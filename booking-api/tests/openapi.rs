@@ -49,6 +49,7 @@ async fn the_document_lists_exactly_the_routed_operations() {
             "DELETE /bookings/{booking_id}",
             "GET /admin/dead-letters",
             "GET /admin/dead-letters/{id}",
+            "GET /admin/replays/{replay_id}",
             "GET /bookings/{booking_id}",
             "GET /bookings/{booking_id}/events",
             "GET /customers/{customer_id}/bookings",
@@ -60,6 +61,7 @@ async fn the_document_lists_exactly_the_routed_operations() {
             "GET /shows/{show_id}/seats/events",
             "GET /shows/{show_id}/stats",
             "POST /admin/dead-letters/{id}/redrive",
+            "POST /admin/replays",
             "POST /bookings",
             "POST /shows",
         ]

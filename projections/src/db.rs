@@ -256,18 +256,18 @@ macro_rules! read_models {
             Ok(())
         }
 
-        pub(super) async fn newest_replayer(
+        pub(super) async fn replayers(
             pool: &$pool,
             projection: &str,
             since_ms: i64,
-        ) -> Result<Option<String>, ProjectionError> {
+        ) -> Result<Vec<String>, ProjectionError> {
             Ok(sqlx::query_scalar(
                 "SELECT api FROM rm_replayers WHERE projection = $1 AND beat_ms >= $2 \
-                 ORDER BY beat_ms DESC LIMIT 1",
+                 ORDER BY beat_ms DESC",
             )
             .bind(projection)
             .bind(since_ms)
-            .fetch_optional(pool)
+            .fetch_all(pool)
             .await?)
         }
 
@@ -860,16 +860,17 @@ impl ReadModelDb {
         dispatch!(self, withdraw_replayer(projection, api))
     }
 
-    /// The API of a process that takes replays of `projection` and has beaten within
-    /// `fresh_within` (by this machine's clock).
-    pub async fn live_replayer(
+    /// The APIs of processes that take replays of `projection` and have beaten within
+    /// `fresh_within` (by this machine's clock), the latest first. A process killed without
+    /// withdrawing stays listed until its beat ages out.
+    pub async fn live_replayers(
         &self,
         projection: &str,
         fresh_within: std::time::Duration,
-    ) -> Result<Option<String>, ProjectionError> {
+    ) -> Result<Vec<String>, ProjectionError> {
         let window = i64::try_from(fresh_within.as_millis()).unwrap_or(i64::MAX);
         let since = chrono::Utc::now().timestamp_millis().saturating_sub(window);
-        dispatch!(self, newest_replayer(projection, since))
+        dispatch!(self, replayers(projection, since))
     }
 
     /// Replace the live tables of `projection` by the shadow ones, with the shadow's

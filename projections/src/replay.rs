@@ -27,6 +27,7 @@ use event_store::{EventStore, Position};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::{ProjectionError, ReadModelDb, TABLES, TableSet};
@@ -60,7 +61,7 @@ pub enum ReplayError {
 }
 
 /// What to replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 pub struct ReplayRequest {
     /// Defaults to the read models.
     #[serde(default)]
@@ -79,7 +80,7 @@ pub struct ReplayRequest {
     pub batch_size: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayState {
     /// Applying the log to the shadow (or snapshot) tables.
@@ -91,7 +92,7 @@ pub enum ReplayState {
 }
 
 /// Where a replay stands (what the admin route answers and the progress bar shows).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReplayStatus {
     pub id: Uuid,
     pub projection: String,
@@ -237,11 +238,8 @@ impl Replays {
 
     /// Tell `zingqueue replay` run elsewhere that this process takes replays at `api`, until
     /// `shutdown` resolves (a beat every [`ADVERTISE_EVERY`]).
-    pub async fn advertise(
-        &self,
-        api: &str,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), ProjectionError> {
+    /// Failures only log: a process that cannot advertise still runs replays it is asked for.
+    pub async fn advertise(&self, api: &str, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             if let Err(error) = self.db.advertise_replayer(READ_MODELS, api).await {
@@ -252,7 +250,9 @@ impl Replays {
                 () = tokio::time::sleep(ADVERTISE_EVERY) => {}
             }
         }
-        self.db.withdraw_replayer(READ_MODELS, api).await
+        if let Err(error) = self.db.withdraw_replayer(READ_MODELS, api).await {
+            warn!(%error, "could not withdraw this process from replays (it ages out)");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod dev_broker;
 pub mod dlq;
 pub mod migrate;
 pub mod relay;
+pub mod replay;
 pub mod services;
 pub mod up;
 

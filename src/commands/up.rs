@@ -167,7 +167,13 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .boxed()
         .shared()
     };
-    let state = ApiState::new(store.clone(), admin).with_read_models(projector.db().clone());
+    // Replays asked for over the admin API run here, pausing this process's projector to
+    // switch; `zingqueue replay` finds this process by its advertisement.
+    let replays = projections::Replays::new(store.clone(), projector.db().clone())
+        .with_live_runner(&projector);
+    let state = ApiState::new(store.clone(), admin)
+        .with_read_models(projector.db().clone())
+        .with_replays(replays.clone());
     let server = tokio::spawn(booking_api::serve(listener, state, until_stopped.clone()));
     let follow = watermarks.map(|watermarks| FollowGroups {
         watermarks,
@@ -195,6 +201,10 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
                     .run(until_stopped.clone())
                     .await
                     .map_err(anyhow::Error::from)
+            },
+            async {
+                replays.advertise(&api, until_stopped.clone()).await;
+                Ok(())
             },
         )
     };

@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// `zingqueue args` with exactly the configuration `env` gives (none from the test's own
+/// environment).
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
     command
         .args(args)
@@ -17,7 +19,11 @@ pub fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
-    command.output().expect("the binary runs")
+    command
+}
+
+pub fn zingqueue(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("the binary runs")
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -27,18 +33,10 @@ pub fn text(bytes: &[u8]) -> String {
 /// Start `zingqueue` in the background and read its stdout until a line starts with `prefix`;
 /// returns the process and the rest of that line.
 pub fn spawn_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> (Running, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zingqueue"));
-    command
-        .args(args)
-        .env_remove("ZQ_DATABASE_URL")
-        .env_remove("ZQ_DATA_DIR")
-        .env_remove("ZQ_KAFKA_BROKERS")
-        .env_remove("ZQ_ADMIN_TOKEN")
-        .stdout(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("the binary starts");
+    let mut child = command(args, env)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
     let stdout = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(stdout).lines();
     let found = loop {

@@ -259,6 +259,43 @@ pub enum BenchCommand {
     /// API, relay, seat-lock, payment and notifier in this process, on Postgres + Redis and on
     /// the embedded default; checks at the end that no seat was sold twice.
     Sale(SaleBenchArgs),
+    /// A full rebuild of the read models over a log of a million booking events, on Postgres
+    /// and SQLite, beside pgbench's and raw SQLite's 100-row INSERTs measured in the same run.
+    Replay(ReplayBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayBenchArgs {
+    /// Postgres to measure on (a database you can write to; the log written there is kept and
+    /// reused). Without it the Postgres figures are skipped.
+    #[arg(long, env = "ZQ_BENCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Events in the log to rebuild from (written once, then reused).
+    #[arg(long, env = "ZQ_BENCH_EVENTS", default_value_t = 1_000_000)]
+    pub events: u64,
+
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, env = "ZQ_BENCH_RUNS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub runs: u16,
+
+    /// Seconds each raw-ceiling measurement runs.
+    #[arg(long, env = "ZQ_BENCH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+
+    /// Events per rebuild transaction (default: the replay's, 5000 on Postgres, 1000 on
+    /// SQLite).
+    #[arg(long, env = "ZQ_BENCH_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+
+    /// Skip the SQLite figures.
+    #[arg(long, env = "ZQ_BENCH_SKIP_SQLITE")]
+    pub skip_sqlite: bool,
+
+    /// Folder for the SQLite databases (default: a temporary folder; give one to keep the log
+    /// between runs).
+    #[arg(long, env = "ZQ_BENCH_SQLITE_DIR")]
+    pub sqlite_dir: Option<PathBuf>,
 }
 
 /// `bench sale`. `--payment-latency-ms`, `--hold-seconds` and `--redis-url` share their ids with

@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,
+        cli::Command::Bench(cli::BenchCommand::Replay(args)) => bench::replay::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Sale(args)) => {
             bench::sale::run(&cli.global, args).await
         }

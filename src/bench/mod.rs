@@ -5,6 +5,7 @@
 pub mod api;
 pub mod ceiling;
 pub mod relay;
+pub mod replay;
 pub mod sale;
 pub mod store;
 

@@ -16,7 +16,9 @@ use crate::router::ApiState;
 impl From<ReplayError> for ApiError {
     fn from(error: ReplayError) -> Self {
         match error {
-            ReplayError::UnknownProjection(_) => ApiError::BadRequest(error.to_string()),
+            ReplayError::UnknownProjection(_) | ReplayError::TwoBounds => {
+                ApiError::BadRequest(error.to_string())
+            }
             ReplayError::AlreadyRunning(_) => ApiError::Conflict(error.to_string()),
             ReplayError::Projection(projections::ProjectionError::BadSnapshotName(_)) => {
                 ApiError::BadRequest(error.to_string())

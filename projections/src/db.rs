@@ -33,6 +33,15 @@ pub enum ProjectionError {
     /// first.
     #[error("the rebuilt tables are at {shadow}, behind the live ones at {live}")]
     ShadowBehind { shadow: Position, live: Position },
+    /// The switch waited too long for a lock on the live tables (a long query or an idle
+    /// transaction holds one); nothing changed.
+    #[error("the switch could not lock the live tables in time: {0}")]
+    SwitchBlocked(String),
+    /// The log grew faster than a rebuild could follow.
+    #[error(
+        "the rebuild stayed {behind} positions behind a growing log for {seconds} s; retry when the load is lower"
+    )]
+    CannotCatchUp { behind: u64, seconds: u64 },
 }
 
 /// What one batch changes, written in one transaction with the checkpoint.
@@ -175,6 +184,17 @@ fn placeholders(from: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// A lock wait that ran out (Postgres `lock_timeout`, SQLSTATE 55P03) is
+/// [`ProjectionError::SwitchBlocked`]; anything else stays a database error.
+fn blocked_or(error: sqlx::Error) -> ProjectionError {
+    match &error {
+        sqlx::Error::Database(database) if database.code().as_deref() == Some("55P03") => {
+            ProjectionError::SwitchBlocked(database.message().to_string())
+        }
+        _ => ProjectionError::Database(error),
+    }
+}
+
 fn position_of(stored: Option<i64>) -> Position {
     Position(stored.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
 }
@@ -195,7 +215,8 @@ macro_rules! read_models {
 
         use super::{
             CHECKPOINTS, Changes, ProjectionError, REPLAYERS, ROWS_PER_STATEMENT, TABLES,
-            TableRows, TableSet, corrupt, placeholders, position_of, stored, value_rows,
+            TableRows, TableSet, blocked_or, corrupt, placeholders, position_of, stored,
+            value_rows,
         };
         use crate::view::{BookingView, SeatClaim, ShowStats};
 
@@ -471,16 +492,28 @@ macro_rules! read_models {
             changes: &Changes,
         ) -> Result<(), ProjectionError> {
             let mut tx = pool.begin().await?;
-            let moved = sqlx::query(
-                "INSERT INTO rm_checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position \
-                 WHERE rm_checkpoints.position = $3",
-            )
-            .bind(name)
-            .bind(stored(position))
-            .bind(stored(expected))
-            .execute(&mut *tx)
-            .await?
+            // From the start, the row may not exist yet; past it, a missing row means someone
+            // dropped the set under this writer (a second replay starting afresh): moved too.
+            let moved = if expected == Position::START {
+                sqlx::query(
+                    "INSERT INTO rm_checkpoints (name, position) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position \
+                     WHERE rm_checkpoints.position = 0",
+                )
+                .bind(name)
+                .bind(stored(position))
+                .execute(&mut *tx)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE rm_checkpoints SET position = $2 WHERE name = $1 AND position = $3",
+                )
+                .bind(name)
+                .bind(stored(position))
+                .bind(stored(expected))
+                .execute(&mut *tx)
+                .await?
+            }
             .rows_affected();
             if moved == 0 {
                 return Err(ProjectionError::CheckpointMoved {
@@ -584,6 +617,9 @@ macro_rules! read_models {
         ) -> Result<Position, ProjectionError> {
             let shadow = TableSet::Shadow;
             let mut tx = pool.begin().await?;
+            if let Some(statement) = SWITCH_LOCK_TIMEOUT {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
             let live: i64 = sqlx::query_scalar(
                 "INSERT INTO rm_checkpoints (name, position) VALUES ($1, 0) \
                  ON CONFLICT (name) DO UPDATE SET position = rm_checkpoints.position \
@@ -607,7 +643,8 @@ macro_rules! read_models {
             for base in TABLES {
                 sqlx::query(&format!("DROP TABLE IF EXISTS {base}"))
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(blocked_or)?;
                 sqlx::query(&format!(
                     "ALTER TABLE {} RENAME TO {base}",
                     shadow.table(base)
@@ -635,6 +672,11 @@ macro_rules! read_models {
 
 mod postgres {
     read_models!(sqlx::PgPool);
+
+    /// The switch takes exclusive locks on the live tables: waiting behind a long query or an
+    /// idle transaction must not queue every reader behind it for long. It gives up instead,
+    /// and the replay tries again.
+    const SWITCH_LOCK_TIMEOUT: Option<&str> = Some("SET LOCAL lock_timeout = '2s'");
 
     /// The shadow's customer index, built before the switch (the bulk load ran without it);
     /// the switch renames it.
@@ -665,6 +707,10 @@ mod postgres {
 
 mod sqlite {
     read_models!(sqlx::SqlitePool);
+
+    /// SQLite readers take no locks that block a writer (WAL); the write lock itself waits
+    /// under the busy timeout.
+    const SWITCH_LOCK_TIMEOUT: Option<&str> = None;
 
     /// None: SQLite builds the customer index inside the switch (see `rename_indexes`).
     fn index_before_switch(_: &TableSet) -> Option<String> {

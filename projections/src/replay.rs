@@ -42,10 +42,15 @@ const POSTGRES_BATCH: usize = 5_000;
 /// On SQLite a batch holds the one write lock the event store's appends also need: smaller
 /// batches keep a rebuild inside `up` from stalling the command API.
 const SQLITE_BATCH: usize = 1_000;
-/// Rounds of chasing the head before pausing the live runner to switch.
-const CHASE_ROUNDS: u32 = 4;
-/// Switch attempts before giving up (each fails only if a live runner in another process
-/// moved ahead of the shadow in the meantime).
+/// The live runner is paused for the switch only once the rebuild is this many batches or
+/// fewer behind the head.
+const SWITCH_GAP_BATCHES: u64 = 2;
+/// How long a rebuild may chase a head that keeps running away before it gives up.
+const CHASE_LIMIT: Duration = Duration::from_secs(300);
+/// Finished replays whose status is kept for the admin route.
+const KEPT_STATUSES: usize = 16;
+/// Switch attempts before giving up (one fails only if a live runner in another process
+/// moved ahead of the shadow in the meantime, or a lock on the live tables was held too long).
 const SWITCH_ATTEMPTS: u32 = 20;
 /// A running process that takes replays beats this often in `rm_replayers`.
 pub const ADVERTISE_EVERY: Duration = Duration::from_secs(2);
@@ -56,6 +61,8 @@ pub enum ReplayError {
     UnknownProjection(String),
     #[error("replay {0} is still running; wait for it or follow it")]
     AlreadyRunning(Uuid),
+    #[error("give a snapshot one bound: a position or a time, not both")]
+    TwoBounds,
     #[error(transparent)]
     Projection(#[from] ProjectionError),
 }
@@ -109,6 +116,8 @@ pub struct ReplayStatus {
     /// The position the replay is heading for (the head, as last read, or the bound).
     pub target: u64,
     pub events_per_second: f64,
+    /// How long the live runner was paused for the tail and the switch (rebuilds only).
+    pub paused_ms: Option<u64>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
@@ -157,7 +166,8 @@ impl Replays {
             return Err(ReplayError::UnknownProjection(projection));
         }
         let until = match (request.until_position, request.until_recorded_at) {
-            (Some(position), _) => Some(Until::Position(Position(position))),
+            (Some(_), Some(_)) => return Err(ReplayError::TwoBounds),
+            (Some(position), None) => Some(Until::Position(Position(position))),
             (None, Some(at)) => Some(Until::RecordedAt(at)),
             (None, None) => None,
         };
@@ -197,11 +207,26 @@ impl Replays {
             position: 0,
             target: 0,
             events_per_second: 0.0,
+            paused_ms: None,
             started_at: Utc::now(),
             finished_at: None,
             error: None,
         };
         let (report, follow) = watch::channel(status.clone());
+        // Ids are UUIDv7: the oldest finished ones go first.
+        let finished: Vec<Uuid> = replays
+            .iter()
+            .filter(|(_, status)| status.borrow().finished())
+            .map(|(id, _)| *id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for id in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEPT_STATUSES))
+        {
+            replays.remove(id);
+        }
         replays.insert(status.id, follow);
         let job = Job {
             store: self.store.clone(),
@@ -353,21 +378,15 @@ impl Job {
     async fn rebuild(&self) -> Result<Position, ProjectionError> {
         let builder = self.builder();
         self.fresh_tables(&builder).await?;
-        // Chase the head while it moves, so that the pause for the switch covers only what
-        // arrived during the last round (a few rounds at most: under a write load faster than
-        // the rebuild, the pause is the price of finishing).
-        let mut position = Position::START;
-        for _ in 0..CHASE_ROUNDS {
-            position = self
-                .build(&builder, position, ReplayState::Building)
-                .await?;
-            let head = self.store.head().await?;
-            if head.0.saturating_sub(position.0) <= builder.batch_size() as u64 {
-                break;
-            }
-        }
+        let mut position = self
+            .build(&builder, Position::START, ReplayState::Building)
+            .await?;
         builder.db().prepare_switch().await?;
+        let chasing_since = Instant::now();
         for attempt in 1..=SWITCH_ATTEMPTS {
+            position = self.chase(&builder, position, chasing_since).await?;
+            // The live runner pauses only for the last couple of batches and the switch.
+            let paused_at = Instant::now();
             let paused = match &self.live_gate {
                 Some(gate) => Some(gate.pause().await),
                 None => None,
@@ -375,16 +394,23 @@ impl Job {
             position = self
                 .build(&builder, position, ReplayState::Switching)
                 .await?;
-            match self.live.switch(&self.projection).await {
+            let switched = self.live.switch(&self.projection).await;
+            drop(paused);
+            let paused_ms = u64::try_from(paused_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match switched {
                 Ok(live) => {
-                    drop(paused);
-                    info!(position = %live, "switched to the rebuilt read models");
+                    self.report
+                        .send_modify(|status| status.paused_ms = Some(paused_ms));
+                    info!(position = %live, paused_ms, "switched to the rebuilt read models");
                     return Ok(live);
                 }
                 Err(ProjectionError::ShadowBehind { shadow, live }) => {
-                    drop(paused);
                     info!(%shadow, %live, attempt,
                         "a live runner elsewhere is ahead of the rebuild; catching up again");
+                }
+                Err(ProjectionError::SwitchBlocked(reason)) => {
+                    warn!(%reason, attempt, "the switch could not lock the live tables; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -393,5 +419,30 @@ impl Job {
             shadow: position,
             live: self.live.checkpoint(&self.projection).await?,
         })
+    }
+
+    /// Apply batches until the shadow is within [`SWITCH_GAP_BATCHES`] batches of the head, so
+    /// that the live runner's pause covers little. A log growing faster than the rebuild for
+    /// [`CHASE_LIMIT`] fails the replay rather than pausing the live runner for long.
+    async fn chase(
+        &self,
+        builder: &Projector,
+        mut position: Position,
+        since: Instant,
+    ) -> Result<Position, ProjectionError> {
+        let close_enough = SWITCH_GAP_BATCHES * builder.batch_size() as u64;
+        loop {
+            let head = self.store.head().await?;
+            if head.0.saturating_sub(position.0) <= close_enough {
+                return Ok(position);
+            }
+            if since.elapsed() > CHASE_LIMIT {
+                return Err(ProjectionError::CannotCatchUp {
+                    behind: head.0 - position.0,
+                    seconds: CHASE_LIMIT.as_secs(),
+                });
+            }
+            position = self.build(builder, position, ReplayState::Building).await?;
+        }
     }
 }

@@ -50,6 +50,7 @@ on_both_backends!(
     a_killed_rebuild_leaves_the_live_tables_and_a_rerun_completes,
     a_snapshot_holds_the_state_as_of_a_position_or_a_time,
     two_runners_on_the_same_tables_apply_each_event_once,
+    two_rebuilds_at_once_never_switch_in_a_partial_set,
     an_email_sent_v1_in_the_log_is_read_through_its_upcaster,
 );
 
@@ -381,6 +382,9 @@ async fn a_rebuild_from_position_zero_gives_the_same_rows(url: &str) {
             .iter()
             .any(|(show, _)| *show == show_id.to_string())
     );
+    // A wrong live row (what a projection bug leaves behind) that the rebuild must correct.
+    plant_a_wrong_row(&db, head).await;
+    assert_ne!(db.rows().await.unwrap(), before);
     // Rebuilt into the shadow tables and switched.
     let replays = Replays::new(store.clone(), db.clone()).with_live_runner(&live);
     let status = finish(&replays, ReplayRequest::default()).await;
@@ -408,6 +412,23 @@ async fn a_rebuild_from_position_zero_gives_the_same_rows(url: &str) {
         db.rows().await.unwrap().bookings.len(),
         before.bookings.len() + 1
     );
+}
+
+/// Overwrite one booking's live row with a wrong status, through the checkpointed commit.
+async fn plant_a_wrong_row(db: &ReadModelDb, head: event_store::Position) {
+    let rows = db.rows().await.unwrap();
+    let id: BookingId = rows.bookings[0].0.parse().unwrap();
+    let mut view = db.booking(id).await.unwrap().unwrap();
+    view.status = if view.status == BookingStatus::Cancelled {
+        BookingStatus::Confirmed
+    } else {
+        BookingStatus::Cancelled
+    };
+    let changes = projections::db::Changes {
+        bookings: [(id, view)].into(),
+        ..Default::default()
+    };
+    db.commit(READ_MODELS, head, head, &changes).await.unwrap();
 }
 
 /// Start a replay and wait (bounded) for it to finish.
@@ -623,6 +644,61 @@ async fn a_snapshot_holds_the_state_as_of_a_position_or_a_time(url: &str) {
             ..ReplayRequest::default()
         }),
         Err(ReplayError::Projection(ProjectionError::BadSnapshotName(_)))
+    ));
+}
+
+/// Two rebuilds at once (say `zingqueue replay --here` beside one running in `up`) share the
+/// shadow tables: the second drops them under the first, whose next batch then finds its
+/// checkpoint gone and goes on from where the set really is. What switches in holds every
+/// event.
+async fn two_rebuilds_at_once_never_switch_in_a_partial_set(url: &str) {
+    let store = event_store::open(url).await.unwrap();
+    for _ in 0..6 {
+        saga_log(&store).await;
+    }
+    let db = ReadModelDb::open(url).await.unwrap();
+    let live = Projector::new(store.clone(), db.clone());
+    let head = live.catch_up().await.unwrap();
+    let expected = db.rows().await.unwrap();
+    // The first rebuild has written part of the shadow…
+    let shadow = db.with_tables(TableSet::Shadow);
+    shadow.create_tables(false).await.unwrap();
+    let first = Projector::new(store.clone(), shadow.clone()).with_batch_size(3);
+    let mut position = event_store::Position::START;
+    for _ in 0..3 {
+        position = first.apply_next_batch(position).await.unwrap();
+    }
+    assert_eq!(position, event_store::Position(9));
+    // …when a second starts afresh: it drops and creates the shadow tables.
+    shadow.drop_tables(READ_MODELS).await.unwrap();
+    shadow.create_tables(false).await.unwrap();
+    // The first's next batch must not land in the fresh tables as if 1..9 were there.
+    let found = first.apply_next_batch(position).await.unwrap();
+    assert_eq!(
+        found,
+        event_store::Position::START,
+        "the first went on from {found}"
+    );
+    assert!(shadow.rows().await.unwrap().bookings.is_empty());
+    // Both going on from there fill the shadow with every event once; the switch brings them in.
+    let (a, b) = tokio::join!(first.catch_up(), async {
+        Projector::new(store.clone(), shadow.clone())
+            .with_batch_size(5)
+            .catch_up()
+            .await
+    });
+    assert_eq!((a.unwrap(), b.unwrap()), (head, head));
+    assert_eq!(db.switch(READ_MODELS).await.unwrap(), head);
+    assert_eq!(db.rows().await.unwrap(), expected);
+    let first = Replays::new(store.clone(), db.clone());
+    // One bound at a time.
+    assert!(matches!(
+        first.start(ReplayRequest {
+            until_position: Some(1),
+            until_recorded_at: Some(Utc::now()),
+            ..ReplayRequest::default()
+        }),
+        Err(ReplayError::TwoBounds)
     ));
 }
 

@@ -98,7 +98,10 @@ pub async fn run(args: ReplayBenchArgs) -> anyhow::Result<()> {
         });
     }
     println!();
-    println!("== zingqueue bench replay: medians of {} runs ==", args.runs);
+    println!(
+        "== zingqueue bench replay: medians of {} runs ==",
+        args.runs
+    );
     for comparison in &comparisons {
         comparison.print();
     }

@@ -22,6 +22,8 @@ use crate::http::Connection;
 
 /// How often the progress bar asks a remote replay where it stands.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How long a running `up` may take to answer one request.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// An advertisement older than this is of a process that is gone.
 const STALE_AFTER: Duration = ADVERTISE_EVERY.saturating_mul(3);
 
@@ -120,14 +122,19 @@ async fn remote(
     token: &str,
     request: &ReplayRequest,
 ) -> anyhow::Result<ReplayStatus> {
-    let (status, body) = connection
-        .send(
+    let (status, body) = tokio::time::timeout(
+        ANSWER_WITHIN,
+        connection.send(
             "POST",
             "/admin/replays",
             Some(token),
             serde_json::to_string(request)?,
-        )
-        .await?;
+        ),
+    )
+    .await
+    .with_context(|| {
+        format!("the running up at {api} did not answer within {ANSWER_WITHIN:?}")
+    })??;
     anyhow::ensure!(
         status == 202,
         "the running up at {api} refused the replay ({status}): {}",
@@ -138,16 +145,20 @@ async fn remote(
     let mut progress = Progress::new(&started);
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
-        let (status, body) = connection
-            .send("GET", &path, Some(token), String::new())
-            .await
-            .with_context(|| {
-                format!(
-                    "lost the running up at {api} while following replay {}; if it stopped, \
+        let (status, body) = tokio::time::timeout(
+            ANSWER_WITHIN,
+            connection.send("GET", &path, Some(token), String::new()),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|answer| answer)
+        .with_context(|| {
+            format!(
+                "lost the running up at {api} while following replay {}; if it stopped, \
                      the live read models are as they were: run the replay again",
-                    started.id
-                )
-            })?;
+                started.id
+            )
+        })?;
         anyhow::ensure!(
             status == 200,
             "asking {api} about replay {} gave {status}: {}",

@@ -96,7 +96,8 @@ impl SqliteEventStore {
             .await?;
         let head = read_head(&pool).await?;
         let (hint_sender, head_hint) = watch::channel(head);
-        let writer = Writer::spawn(SqliteBatchSink { writer }, hint_sender);
+        let gate = write_gate(options.get_filename());
+        let writer = Writer::spawn(SqliteBatchSink { writer, gate }, hint_sender);
         Ok(SqliteEventStore {
             pool,
             side_writes,
@@ -109,6 +110,29 @@ impl SqliteEventStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// The in-process turn to write one SQLite file: the store's writer and the read models'
+/// projector (same process, same file) take it around each write transaction.
+///
+/// SQLite lets one writer in at a time, and a writer that finds the file locked sleeps in the
+/// busy handler (1, 2, 5, 10, … up to 100 ms a step) instead of queueing. Under a steady stream
+/// of appends a second writer in the same process can lose that race many times in a row,
+/// hundreds of milliseconds of lag for the read models. This gate queues them fairly (FIFO)
+/// instead, so each waits for at most the transaction in progress. Writers in other processes
+/// still meet the busy handler.
+pub type WriteGate = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// The gate of the SQLite file `path` (one per file per process).
+pub fn write_gate(path: &std::path::Path) -> WriteGate {
+    static GATES: std::sync::OnceLock<std::sync::Mutex<HashMap<std::path::PathBuf, WriteGate>>> =
+        std::sync::OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut gates = GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    gates.entry(key).or_default().clone()
 }
 
 /// How long [`SqliteEventStore::open`] keeps retrying a database other openers keep busy.
@@ -277,6 +301,7 @@ where
 
 struct SqliteBatchSink {
     writer: SqliteConnection,
+    gate: WriteGate,
 }
 
 impl BatchSink for SqliteBatchSink {
@@ -284,6 +309,7 @@ impl BatchSink for SqliteBatchSink {
         &'a mut self,
         appends: &'a [&'a [StreamAppend]],
     ) -> Result<(Vec<Result<AppendResult, StoreError>>, Position), StoreError> {
+        let _turn = self.gate.clone().lock_owned().await;
         // IMMEDIATE takes the write lock now, so that no other process can write between our
         // reads and our inserts.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;

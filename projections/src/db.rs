@@ -37,6 +37,9 @@ pub enum ProjectionError {
     /// transaction holds one); nothing changed.
     #[error("the switch could not lock the live tables in time: {0}")]
     SwitchBlocked(String),
+    /// The projector's own thread could not start, or ended without saying why.
+    #[error("projector thread: {0}")]
+    Thread(String),
     /// The log grew faster than a rebuild could follow.
     #[error(
         "the rebuild stayed {behind} positions behind a growing log for {seconds} s; retry when the load is lower"
@@ -617,7 +620,7 @@ macro_rules! read_models {
         ) -> Result<Position, ProjectionError> {
             let shadow = TableSet::Shadow;
             let mut tx = pool.begin().await?;
-            if let Some(statement) = SWITCH_LOCK_TIMEOUT {
+            for statement in SWITCH_SETTINGS {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
             let live: i64 = sqlx::query_scalar(
@@ -675,8 +678,12 @@ mod postgres {
 
     /// The switch takes exclusive locks on the live tables: waiting behind a long query or an
     /// idle transaction must not queue every reader behind it for long. It gives up instead,
-    /// and the replay tries again.
-    const SWITCH_LOCK_TIMEOUT: Option<&str> = Some("SET LOCAL lock_timeout = '2s'");
+    /// and the replay tries again. And it is durable when it says so (the pool's sessions
+    /// commit asynchronously).
+    const SWITCH_SETTINGS: &[&str] = &[
+        "SET LOCAL lock_timeout = '2s'",
+        "SET LOCAL synchronous_commit = on",
+    ];
 
     /// The shadow's customer index, built before the switch (the bulk load ran without it);
     /// the switch renames it.
@@ -709,8 +716,10 @@ mod sqlite {
     read_models!(sqlx::SqlitePool);
 
     /// SQLite readers take no locks that block a writer (WAL); the write lock itself waits
-    /// under the busy timeout.
-    const SWITCH_LOCK_TIMEOUT: Option<&str> = None;
+    /// under the busy timeout. The switch commits with `synchronous = NORMAL` like every
+    /// read-model commit: a power cut right after it can undo it (the old tables and their
+    /// checkpoint come back together); the store's next commit, synchronous, makes it durable.
+    const SWITCH_SETTINGS: &[&str] = &[];
 
     /// None: SQLite builds the customer index inside the switch (see `rename_indexes`).
     fn index_before_switch(_: &TableSet) -> Option<String> {
@@ -742,6 +751,9 @@ enum Pool {
 pub struct ReadModelDb {
     pool: Pool,
     tables: TableSet,
+    /// SQLite: the in-process turn to write the file, shared with the event store's writer
+    /// (see [`event_store::sqlite::write_gate`]).
+    write_gate: Option<event_store::sqlite::WriteGate>,
 }
 
 macro_rules! dispatch {
@@ -756,21 +768,33 @@ macro_rules! dispatch {
 impl ReadModelDb {
     /// Connect to the database a URL names (the event store's) and create the live tables.
     pub async fn open(database_url: &str) -> Result<ReadModelDb, ProjectionError> {
+        let mut write_gate = None;
         let pool = if database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://")
         {
+            use std::str::FromStr;
+            // Read-model commits need not wait for the disk: a crash can lose the last few,
+            // but each is rows and checkpoint together, so the projector applies them again.
+            // (The switch of a replay turns it back on for itself.)
+            let options = sqlx::postgres::PgConnectOptions::from_str(database_url)?
+                .options([("synchronous_commit", "off")]);
             Pool::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
-                    .connect(database_url)
+                    .connect_with(options)
                     .await?,
             )
         } else if database_url.starts_with("sqlite:") {
             use std::str::FromStr;
+            // `synchronous = NORMAL`, for the same reason as Postgres's `synchronous_commit`
+            // above: a read-model commit lost to a power cut is applied again. (The store's
+            // own connections keep FULL: its commits are what must survive.)
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(database_url)?
                 .create_if_missing(true)
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(30));
+            write_gate = Some(event_store::sqlite::write_gate(options.get_filename()));
             Pool::Sqlite(
                 sqlx::sqlite::SqlitePoolOptions::new()
                     .max_connections(4)
@@ -783,6 +807,7 @@ impl ReadModelDb {
         let db = ReadModelDb {
             pool,
             tables: TableSet::Live,
+            write_gate,
         };
         dispatch!(db, create_tables(&TableSet::Live, true))?;
         Ok(db)
@@ -793,6 +818,7 @@ impl ReadModelDb {
         ReadModelDb {
             pool: self.pool.clone(),
             tables,
+            write_gate: self.write_gate.clone(),
         }
     }
 
@@ -875,10 +901,19 @@ impl ReadModelDb {
         position: Position,
         changes: &Changes,
     ) -> Result<(), ProjectionError> {
+        let _turn = self.turn_to_write().await;
         dispatch!(
             self,
             commit(&self.tables, name, expected, position, changes)
         )
+    }
+
+    /// On SQLite, wait for this process's turn to write the file (none on Postgres).
+    async fn turn_to_write(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// Build what the switch needs that the bulk load went without (the customer index).
@@ -922,6 +957,7 @@ impl ReadModelDb {
     /// Replace the live tables of `projection` by the shadow ones, with the shadow's
     /// checkpoint, in one transaction; returns the live position after the switch.
     pub async fn switch(&self, projection: &str) -> Result<Position, ProjectionError> {
+        let _turn = self.turn_to_write().await;
         dispatch!(self, switch(projection))
     }
 }

@@ -151,8 +151,13 @@ impl Replays {
     }
 
     /// The live runner of this process: a rebuild pauses it to switch.
-    pub fn with_live_runner(mut self, live: &Projector) -> Replays {
-        self.live_gate = Some(live.gate());
+    pub fn with_live_runner(self, live: &Projector) -> Replays {
+        self.with_live_gate(live.gate())
+    }
+
+    /// The gate of this process's live runner (see [`Projector::gate`]).
+    pub fn with_live_gate(mut self, gate: PauseGate) -> Replays {
+        self.live_gate = Some(gate);
         self
     }
 

@@ -13,8 +13,10 @@ use domain::show::ShowEvent;
 use domain::{BookingId, DomainEvent, SeatId, ShowId};
 use event_store::{EventStore, Position, RecordedEvent};
 use infra::stored_events::decode;
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::cache::RowCache;
 use crate::db::{Changes, ProjectionError, ReadModelDb};
 use crate::view::{BookingView, SeatClaim, ShowStats, TimelineEntry};
 
@@ -29,6 +31,11 @@ pub struct ProjectorStats {
     pub unknown_types: AtomicU64,
     /// Stored events of known types that do not decode (logged; the read models skip them).
     pub undecodable: AtomicU64,
+    /// Batches committed, and the time spent on them: reading the log, loading the rows,
+    /// applying, and (a part of it) committing.
+    pub batches: AtomicU64,
+    pub busy_micros: AtomicU64,
+    pub commit_micros: AtomicU64,
 }
 
 /// Where a runner stops: at a log position, or at the last event recorded by a time (the
@@ -40,14 +47,26 @@ pub enum Until {
 }
 
 /// Pauses a runner between batches: a batch runs while holding the gate, so whoever holds
-/// it (a replay about to switch tables) knows no batch is in flight.
+/// it (a replay about to switch tables) knows no batch is in flight. Each pause is counted: the
+/// runner forgets the rows it cached when it was paused (the tables may have been switched).
 #[derive(Debug, Clone, Default)]
-pub struct PauseGate(Arc<tokio::sync::Mutex<()>>);
+pub struct PauseGate {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    pauses: Arc<AtomicU64>,
+}
 
 impl PauseGate {
     /// Wait for the batch in flight, then keep the runner paused until the guard is dropped.
     pub async fn pause(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0.lock().await
+        let guard = self.lock.lock().await;
+        self.pauses.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// The runner's own turn for one batch; returns the pauses so far.
+    async fn turn(&self) -> (tokio::sync::MutexGuard<'_, ()>, u64) {
+        let guard = self.lock.lock().await;
+        (guard, self.pauses.load(Ordering::SeqCst))
     }
 }
 
@@ -60,6 +79,12 @@ pub struct Projector {
     until: Option<Until>,
     gate: PauseGate,
     stats: Arc<ProjectorStats>,
+    /// The position the last batch committed, and when (this process's clock).
+    committed: watch::Sender<(Position, DateTime<Utc>)>,
+    /// The rows this runner last wrote (taken out for a batch, put back after its commit).
+    cache: std::sync::Mutex<RowCache>,
+    /// Another head hint to wake on (another store handle's on the same database).
+    also_woken_by: Option<watch::Receiver<Position>>,
 }
 
 impl Projector {
@@ -74,12 +99,22 @@ impl Projector {
             until: None,
             gate: PauseGate::default(),
             stats: Arc::new(ProjectorStats::default()),
+            committed: watch::channel((Position::START, Utc::now())).0,
+            cache: std::sync::Mutex::default(),
+            also_woken_by: None,
         }
     }
 
     /// Events per batch (one transaction each).
     pub fn with_batch_size(mut self, batch_size: usize) -> Projector {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Also wake when this head hint moves: appends made through another store handle on the
+    /// same database (SQLite has no notifications between handles).
+    pub fn also_woken_by(mut self, hint: watch::Receiver<Position>) -> Projector {
+        self.also_woken_by = Some(hint);
         self
     }
 
@@ -95,6 +130,12 @@ impl Projector {
 
     pub fn stats(&self) -> Arc<ProjectorStats> {
         self.stats.clone()
+    }
+
+    /// Each batch this runner commits: the position the read models reached, and the moment
+    /// right after the commit (how a benchmark measures when events become visible).
+    pub fn committed(&self) -> watch::Receiver<(Position, DateTime<Utc>)> {
+        self.committed.subscribe()
     }
 
     pub fn db(&self) -> &ReadModelDb {
@@ -146,6 +187,9 @@ impl Projector {
     ) -> Result<(), ProjectionError> {
         tokio::pin!(shutdown);
         let mut hint = self.store.head_hint();
+        // Without a second source, one that never fires.
+        let (_never, unused) = watch::channel(Position::START);
+        let mut also = self.also_woken_by.clone().unwrap_or(unused);
         let mut position = self.position().await?;
         loop {
             let next = self.apply_next_batch(position).await?;
@@ -156,6 +200,7 @@ impl Projector {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 _ = hint.changed() => {}
+                Ok(()) = also.changed() => {}
                 // Notifications can be lost with a dropped connection: poll now and then.
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
@@ -166,7 +211,8 @@ impl Projector {
     /// nothing to do, the checkpoint as found when someone else moved it (a replay switched
     /// the tables under this runner; the batch was not written).
     pub async fn apply_next_batch(&self, after: Position) -> Result<Position, ProjectionError> {
-        let _running = self.gate.pause().await;
+        let (_running, pauses) = self.gate.turn().await;
+        let started = std::time::Instant::now();
         let mut events = self.store.read_all(after, self.batch_size).await?;
         if let Some(Until::Position(until)) = self.until {
             events.retain(|event| event.position <= until);
@@ -182,14 +228,44 @@ impl Projector {
         let checkpoint = self.checkpoint_name();
         let span =
             info_span!("project", projection = %checkpoint, after = %after, events = events.len());
-        let changes = self.changes_of(&events).instrument(span.clone()).await?;
-        match self
+        // Taken out: a batch that fails leaves the cache empty.
+        let mut cache = std::mem::take(
+            &mut *self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if cache.pauses != pauses {
+            cache = RowCache::empty(pauses);
+        }
+        let changes = self
+            .changes_of(&events, &cache)
+            .instrument(span.clone())
+            .await?;
+        let committing = std::time::Instant::now();
+        let committed = self
             .db
             .commit(&checkpoint, after, last, &changes)
             .instrument(span)
-            .await
-        {
-            Ok(()) => Ok(last),
+            .await;
+        let micros = |since: std::time::Instant| since.elapsed().as_micros() as u64;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .busy_micros
+            .fetch_add(micros(started), Ordering::Relaxed);
+        self.stats
+            .commit_micros
+            .fetch_add(micros(committing), Ordering::Relaxed);
+        match committed {
+            Ok(()) => {
+                self.committed.send_replace((last, Utc::now()));
+                cache.keep(&changes);
+                *self
+                    .cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = cache;
+                Ok(last)
+            }
             Err(ProjectionError::CheckpointMoved { .. }) => {
                 let found = self.position().await?;
                 info!(projection = %checkpoint, expected = %after, %found,
@@ -201,7 +277,11 @@ impl Projector {
     }
 
     /// The read-model rows a batch of events leaves behind.
-    async fn changes_of(&self, events: &[RecordedEvent]) -> Result<Changes, ProjectionError> {
+    async fn changes_of(
+        &self,
+        events: &[RecordedEvent],
+        cache: &RowCache,
+    ) -> Result<Changes, ProjectionError> {
         let mut decoded: Vec<(&RecordedEvent, DomainEvent)> = Vec::with_capacity(events.len());
         for recorded in events {
             match decode(recorded) {
@@ -233,8 +313,14 @@ impl Projector {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut bookings = self.db.bookings(&booking_ids).await?;
-        let mut stats = self.db.stats(&show_ids).await?;
+        let mut bookings = cached_or_loaded(&booking_ids, &cache.bookings, |missing| async move {
+            self.db.bookings(&missing).await
+        })
+        .await?;
+        let mut stats = cached_or_loaded(&show_ids, &cache.stats, |missing| async move {
+            self.db.stats(&missing).await
+        })
+        .await?;
 
         // Pass 1: booking views and show stats.
         for (recorded, event) in &decoded {
@@ -274,9 +360,21 @@ impl Projector {
         }
         let mut claims: HashMap<(ShowId, SeatId), Option<SeatClaim>> = HashMap::new();
         for (show_id, seats) in &touched {
-            let seats: Vec<SeatId> = seats.iter().cloned().collect();
-            let current = self.db.seats(*show_id, Some(&seats)).await?;
+            let mut missing = Vec::new();
             for seat in seats {
+                let key = (*show_id, seat.clone());
+                match cache.seats.get(&key) {
+                    Some(claim) => {
+                        claims.insert(key, claim.clone());
+                    }
+                    None => missing.push(seat.clone()),
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let current = self.db.seats(*show_id, Some(&missing)).await?;
+            for seat in missing {
                 let claim = current.get(&seat).cloned();
                 claims.insert((*show_id, seat), claim);
             }
@@ -296,6 +394,34 @@ impl Projector {
             stats,
         })
     }
+}
+
+/// The rows for `keys`: from the cache where it has them, the rest loaded in one go.
+async fn cached_or_loaded<K, V, Load, Loading>(
+    keys: &[K],
+    cache: &HashMap<K, V>,
+    load: Load,
+) -> Result<HashMap<K, V>, ProjectionError>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+    Load: FnOnce(Vec<K>) -> Loading,
+    Loading: std::future::Future<Output = Result<HashMap<K, V>, ProjectionError>>,
+{
+    let mut found = HashMap::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for key in keys {
+        match cache.get(key) {
+            Some(row) => {
+                found.insert(key.clone(), row.clone());
+            }
+            None => missing.push(key.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        found.extend(load(missing).await?);
+    }
+    Ok(found)
 }
 
 /// What an event does to seat claims.

@@ -373,8 +373,10 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
     );
     let (notifier, _mail_dir) =
         services::notifier(config, store.clone(), &brokers, Some(&watermarks))?;
-    let projector = services::projector(store.clone(), location.url()).await?;
-    let read_models = projector.db().clone();
+    // As `up` runs it: on a thread of its own.
+    let projector = projections::ProjectorThread::start(location.url(), store.head_hint()).await?;
+    let committed = projector.committed();
+    let projector_stats = projector.stats();
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
@@ -405,7 +407,7 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
             seat_lock.run(admin, until_stopped.clone()),
             payment.run(admin, until_stopped.clone()),
             notifier.run(admin, until_stopped.clone()),
-            projector.run(until_stopped.clone()),
+            projector.run_until(until_stopped.clone()),
         );
         relay.context("relay")?;
         projector.context("projections")?;
@@ -418,7 +420,7 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
         store.clone(),
         address,
         watermarks,
-        read_models,
+        committed,
         Plan::from_args(args),
     ));
     tokio::pin!(system);
@@ -441,6 +443,16 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
     };
     server.await?.context("serving the API")?;
     store.close().await;
+    let batches = projector_stats.batches.load(Ordering::Relaxed).max(1);
+    let per_batch =
+        |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / batches as f64 / 1e3;
+    eprintln!(
+        "sale: projector {} batches of {:.0} events on average, {:.1} ms each (commit {:.1} ms)",
+        batches,
+        projector_stats.applied.load(Ordering::Relaxed) as f64 / batches as f64,
+        per_batch(&projector_stats.busy_micros),
+        per_batch(&projector_stats.commit_micros),
+    );
     outcome
 }
 
@@ -472,7 +484,7 @@ async fn drive(
     store: Arc<dyn EventStore>,
     address: SocketAddr,
     watermarks: Watermarks,
-    read_models: projections::ReadModelDb,
+    committed: watch::Receiver<(Position, DateTime<Utc>)>,
     plan: Plan,
 ) -> anyhow::Result<SaleRun> {
     let show_id = create_show(address, plan.seats).await?;
@@ -496,10 +508,10 @@ async fn drive(
         plan.connections
     );
 
-    // Projection lag: when each position became visible in the read models, sampled every
-    // few milliseconds, set against the events' `recorded_at` after the sale.
+    // Projection lag: when each position became visible in the read models (the projector's
+    // commits), set against the events' `recorded_at` after the sale.
     let (probe_target, target) = watch::channel(None);
-    let probe = tokio::spawn(watch_read_models(read_models, target));
+    let probe = tokio::spawn(watch_read_models(committed, target));
     let load = load(address, &show_id, plan).await?;
 
     let bar = ProgressBar::new(load.accepted);
@@ -625,19 +637,18 @@ async fn drive(
     })
 }
 
-/// Sample the read models' position every few milliseconds: (when, position) at each change,
-/// until the position reaches the target sent after the sale (or a minute after it was sent).
+/// Every commit of the projector (position, and the moment right after it), until the read
+/// models reach the target (or a minute after the target is known).
 async fn watch_read_models(
-    db: projections::ReadModelDb,
+    mut committed: watch::Receiver<(Position, DateTime<Utc>)>,
     target: watch::Receiver<Option<Position>>,
 ) -> Vec<(DateTime<Utc>, u64)> {
     let mut samples: Vec<(DateTime<Utc>, u64)> = Vec::new();
     let mut give_up: Option<Instant> = None;
     loop {
-        if let Ok(position) = db.checkpoint(projections::READ_MODELS).await
-            && samples.last().is_none_or(|(_, last)| *last < position.0)
-        {
-            samples.push((Utc::now(), position.0));
+        let (position, at) = *committed.borrow_and_update();
+        if samples.last().is_none_or(|(_, last)| *last < position.0) {
+            samples.push((at, position.0));
         }
         if let Some(target) = *target.borrow() {
             let reached = samples.last().is_some_and(|(_, last)| *last >= target.0);
@@ -646,12 +657,13 @@ async fn watch_read_models(
                 return samples;
             }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A commit, or now and then to look at the target.
+        let _ = tokio::time::timeout(Duration::from_millis(50), committed.changed()).await;
     }
 }
 
-/// Per event of the log: from `recorded_at` (the database's clock) to the first sample in which
-/// the read models had passed it (this process's clock, the same machine), in microseconds.
+/// Per event of the log: from `recorded_at` (the database's clock) to the first commit of the
+/// projector that covered it (this process's clock, the same machine), in microseconds.
 async fn projection_lag(
     store: &dyn EventStore,
     samples: &[(DateTime<Utc>, u64)],

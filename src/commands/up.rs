@@ -83,7 +83,14 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     );
     let (notifier, mail_dir) =
         services::notifier(global, store.clone(), &brokers, watermarks.as_ref())?;
-    let projector = services::projector(store.clone(), location.url()).await?;
+    let read_models = projections::ReadModelDb::open(location.url())
+        .await
+        .context("opening the read models")?;
+    // The projector runs on a thread of its own (see projections::own_thread: it keeps the
+    // read models within milliseconds of the log while the API takes a burst).
+    let projector = projections::ProjectorThread::start(location.url(), store.head_hint())
+        .await
+        .context("starting the projector")?;
 
     // Written before anything is printed, so that whoever reads the printout finds it.
     if embedded {
@@ -169,10 +176,10 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     };
     // Replays asked for over the admin API run here, pausing this process's projector to
     // switch; `zingqueue replay` finds this process by its advertisement.
-    let replays = projections::Replays::new(store.clone(), projector.db().clone())
-        .with_live_runner(&projector);
+    let replays = projections::Replays::new(store.clone(), read_models.clone())
+        .with_live_gate(projector.gate());
     let state = ApiState::new(store.clone(), admin)
-        .with_read_models(projector.db().clone())
+        .with_read_models(read_models)
         .with_replays(replays.clone());
     let server = tokio::spawn(booking_api::serve(listener, state, until_stopped.clone()));
     let follow = watermarks.map(|watermarks| FollowGroups {
@@ -198,9 +205,9 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             notifier.run(admin, until_stopped.clone()),
             async {
                 projector
-                    .run(until_stopped.clone())
+                    .run_until(until_stopped.clone())
                     .await
-                    .map_err(anyhow::Error::from)
+                    .context("projections")
             },
             async {
                 replays.advertise(&api, until_stopped.clone()).await;

@@ -20,6 +20,9 @@ use crate::cache::RowCache;
 use crate::db::{Changes, ProjectionError, ReadModelDb};
 use crate::view::{BookingView, SeatClaim, ShowStats, TimelineEntry};
 
+/// After a partial batch, how long the runner lets events gather before the next one.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// The checkpoint name of the read models this runner keeps.
 pub const READ_MODELS: &str = "read-models";
 
@@ -193,8 +196,20 @@ impl Projector {
         let mut position = self.position().await?;
         loop {
             let next = self.apply_next_batch(position).await?;
+            if next.0 >= position.0 + self.batch_size as u64 {
+                // A full batch: more is waiting.
+                position = next;
+                continue;
+            }
             if next != position {
                 position = next;
+                // A partial batch: gather what arrives over the next few milliseconds into
+                // the next one, rather than committing every few events (each commit takes
+                // the database's one write lock on SQLite, and CPU the API needs in a burst).
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(GATHER) => {}
+                }
                 continue;
             }
             tokio::select! {

@@ -16,6 +16,8 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     infra::telemetry::init();
+    // Before anything records: metrics recorded earlier would be lost.
+    infra::metrics::install();
     match cli.command {
         cli::Command::Up(args) => commands::up::run(&cli.global, args).await,
         cli::Command::Migrate => commands::migrate::run(&cli.global).await,

@@ -22,6 +22,8 @@
 //! - [`json`]: the JSON body extractor whose rejections are precise 400/413/415/422 problems.
 //! - [`openapi`]: `GET /openapi.json` (utoipa), from the handlers' annotations.
 //! - [`health`]: liveness and readiness.
+//! - [`observability`]: `GET /metrics` and the HTTP metrics of every route; [`monitor`]: lags,
+//!   dead letters and the booking funnel read from the database once a second.
 
 pub mod access;
 pub mod admission;
@@ -34,6 +36,8 @@ pub mod health;
 pub mod idempotency;
 pub mod json;
 pub mod live;
+pub mod monitor;
+pub mod observability;
 pub mod openapi;
 pub mod queries;
 pub mod replays;

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, dead_letters, error, health, live, queries, replays, shows};
+use crate::{bookings, dead_letters, error, health, live, observability, queries, replays, shows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,7 @@ use crate::{bookings, dead_letters, error, health, live, queries, replays, shows
         replays::get_replay,
         health::healthz,
         health::readyz,
+        observability::metrics,
         openapi_json,
     ),
     components(schemas(error::Problem)),
@@ -42,7 +43,7 @@ use crate::{bookings, dead_letters, error, health, live, queries, replays, shows
         (name = "shows", description = "Shows and their seat maps"),
         (name = "bookings", description = "Booking commands and status"),
         (name = "operations", description = "Dead letters and their redrives, replays of the read models (admin)"),
-        (name = "health", description = "Liveness, readiness and this document"),
+        (name = "health", description = "Liveness, readiness, metrics and this document"),
     )
 )]
 pub struct ApiDoc;

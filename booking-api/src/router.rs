@@ -13,7 +13,9 @@ use crate::auth::AdminToken;
 use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
-use crate::{bookings, dead_letters, health, live, openapi, queries, replays, shows};
+use crate::{
+    bookings, dead_letters, health, live, observability, openapi, queries, replays, shows,
+};
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -95,9 +97,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/admin/replays", post(replays::start_replay))
         .route("/admin/replays/{replay_id}", get(replays::get_replay))
+        .route("/metrics", get(observability::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        // Only matched routes are counted (their template is the label).
+        .route_layer(axum::middleware::from_fn(observability::record_http))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

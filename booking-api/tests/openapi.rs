@@ -54,6 +54,7 @@ async fn the_document_lists_exactly_the_routed_operations() {
             "GET /bookings/{booking_id}/events",
             "GET /customers/{customer_id}/bookings",
             "GET /healthz",
+            "GET /metrics",
             "GET /openapi.json",
             "GET /readyz",
             "GET /shows/{show_id}",

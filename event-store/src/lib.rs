@@ -46,7 +46,9 @@ pub use event::{
     AppendResult, AppendedStream, EventMetadata, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamAppend,
 };
-pub use ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
+pub use ops::{
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+};
 pub use postgres::PostgresEventStore;
 pub use sqlite::SqliteEventStore;
 pub use store::EventStore;

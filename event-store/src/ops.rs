@@ -120,6 +120,15 @@ pub struct DeadLetterQuery {
     pub limit: u32,
 }
 
+/// How many dead letters one group has of one cause in one status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterCount {
+    pub group: String,
+    pub cause: String,
+    pub status: DeadLetterStatus,
+    pub count: u64,
+}
+
 /// One group's progress on one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerProgress {
@@ -142,7 +151,7 @@ macro_rules! operations {
         use crate::error::StoreError;
         use crate::event::Position;
         use crate::ops::{
-            ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+            ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
         };
         use crate::row::{from_i64, to_i64};
 
@@ -274,6 +283,30 @@ macro_rules! operations {
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(dead_letter_from_row).collect()
+        }
+
+        pub(crate) async fn dead_letter_counts(
+            pool: &$pool,
+        ) -> Result<Vec<DeadLetterCount>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT group_name, cause, status, COUNT(*) AS letters FROM zq_dead_letters \
+                 GROUP BY group_name, cause, status ORDER BY group_name, cause, status",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let status: String = row.try_get("status")?;
+                    let letters: i64 = row.try_get("letters")?;
+                    Ok(DeadLetterCount {
+                        group: row.try_get("group_name")?,
+                        cause: row.try_get("cause")?,
+                        status: DeadLetterStatus::parse(&status)
+                            .ok_or_else(|| corrupt(0, format!("status {status:?}")))?,
+                        count: u64::try_from(letters).unwrap_or(0),
+                    })
+                })
+                .collect()
         }
 
         /// Ask for a dead letter to be processed again. Idempotent: a letter waiting for its

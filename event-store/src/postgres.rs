@@ -26,7 +26,9 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
-use crate::ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
+use crate::ops::{
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+};
 use crate::plan::{StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
@@ -214,6 +216,10 @@ impl EventStore for PostgresEventStore {
 
     async fn consumer_progress(&self) -> Result<Vec<ConsumerProgress>, StoreError> {
         operations::consumer_progress(&self.pool).await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<DeadLetterCount>, StoreError> {
+        operations::dead_letter_counts(&self.pool).await
     }
 }
 

@@ -24,7 +24,9 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
-use crate::ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
+use crate::ops::{
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+};
 use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
 use crate::store::EventStore;
@@ -278,6 +280,10 @@ impl EventStore for SqliteEventStore {
 
     async fn consumer_progress(&self) -> Result<Vec<ConsumerProgress>, StoreError> {
         operations::consumer_progress(&self.pool).await
+    }
+
+    async fn dead_letter_counts(&self) -> Result<Vec<DeadLetterCount>, StoreError> {
+        operations::dead_letter_counts(&self.pool).await
     }
 }
 

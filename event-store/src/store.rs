@@ -5,7 +5,9 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
-use crate::ops::{ConsumerProgress, DeadLetter, DeadLetterQuery, DeadLetterStatus, NewDeadLetter};
+use crate::ops::{
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+};
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -112,4 +114,7 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Every group's progress on every partition.
     async fn consumer_progress(&self) -> Result<Vec<ConsumerProgress>, StoreError>;
+
+    /// Dead letters counted by group, cause and status.
+    async fn dead_letter_counts(&self) -> Result<Vec<DeadLetterCount>, StoreError>;
 }

@@ -681,6 +681,32 @@ async fn a_dead_letter_is_kept_once_and_redriven_once(backend: Backend) {
         .unwrap();
     let resolved = store.dead_letter(id).await.unwrap().unwrap();
     assert_eq!(resolved.status, DeadLetterStatus::Redriven);
+    // Counted by group, cause and status (what the monitor's DLQ depth reads).
+    let counts: Vec<(String, String, DeadLetterStatus, u64)> = store
+        .dead_letter_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.group, c.cause, c.status, c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            (
+                "notifier".into(),
+                "poison".into(),
+                DeadLetterStatus::Dead,
+                1
+            ),
+            ("payment".into(), "poison".into(), DeadLetterStatus::Dead, 1),
+            (
+                "payment".into(),
+                "poison".into(),
+                DeadLetterStatus::Redriven,
+                1
+            ),
+        ]
+    );
     assert!(resolved.resolved_at.is_some());
     assert_eq!(
         store.request_redrive(id).await.unwrap(),

@@ -1,11 +1,11 @@
 //! # infra
 //!
-//! Adapters shared by ZingQueue's services. Today: where the data lives ([`config`]), how the
-//! processes log ([`telemetry`]) and how domain events go into and come out of the event store
-//! ([`stored_events`]); the relay that publishes the log to Kafka ([`relay`]) and the Kafka
-//! settings and topic administration it needs ([`kafka`]); the in-process Kafka-protocol broker of
-//! the embedded default ([`embedded_broker`]). The relay, the Kafka consumer runtime, topic admin, hold stores
-//! and the embedded broker join this crate as the services that need them are built.
+//! Adapters shared by ZingQueue's services: where the data lives ([`config`]), logging
+//! ([`telemetry`]) and Prometheus metrics ([`metrics`]), domain events in and out of the store
+//! ([`stored_events`], [`streams`], [`commands`]), the relay from the store to Kafka ([`relay`]),
+//! Kafka settings and topic admin ([`kafka`]), the in-process broker of the embedded default
+//! ([`embedded_broker`]), the consumer runtime ([`consumer`]), the seat hold stores ([`holds`])
+//! and retry timing ([`backoff`]).
 
 pub mod backoff;
 pub mod commands;
@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod embedded_broker;
 pub mod holds;
 pub mod kafka;
+pub mod metrics;
 pub mod relay;
 pub mod stored_events;
 pub mod streams;

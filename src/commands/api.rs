@@ -1,5 +1,6 @@
 //! `zingqueue run api`: the HTTP API on its own. It needs only the event store: commands are
-//! appends, and the relay (another process) publishes them.
+//! appends, and the relay (another process) publishes them. Its `/metrics` also carries what
+//! the monitor reads from the database (lags, dead letters, the funnel).
 
 use anyhow::Context;
 use booking_api::ApiState;
@@ -21,17 +22,24 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         location.display_url()
     );
+    let read_models = projections::ReadModelDb::open(location.url())
+        .await
+        .context("opening the read models")?;
+    // The API serves /metrics for the whole system: the monitor reads lags, dead letters and
+    // the funnel from the database, whichever processes run the components.
+    let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));
+    let monitor = tokio::spawn(
+        booking_api::monitor::Monitor::new(store.clone(), Some(read_models.clone()))
+            .run(shutdown.clone()),
+    );
     booking_api::serve(
         listener,
-        ApiState::new(store.clone(), admin).with_read_models(
-            projections::ReadModelDb::open(location.url())
-                .await
-                .context("opening the read models")?,
-        ),
-        super::interrupted(),
+        ApiState::new(store.clone(), admin).with_read_models(read_models),
+        shutdown,
     )
     .await
     .context("serving the API")?;
+    monitor.abort();
     // The requests in flight have finished; write what they queued before exiting.
     store.close().await;
     Ok(())

@@ -96,10 +96,10 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     if embedded {
         let endpoints = json!({
             "api": api,
-            // The dashboard and metrics arrive with the dashboard issue; the fields are here
-            // (null) so that the shape of API.md holds from the start.
+            // The dashboard arrives with the dashboard issue; the field is here (null) so that
+            // the shape of API.md holds from the start.
             "dashboard": null,
-            "metrics": null,
+            "metrics": format!("{api}/metrics"),
             "kafka_brokers": brokers,
             "database_url": location.display_url(),
             "mail_dir": mail_dir,
@@ -151,6 +151,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         );
     }
     println!("  projections:   read models in the same database");
+    println!("  metrics:       {api}/metrics");
     println!("  not yet built: dashboard");
     info!(store = %location.display_url(), %head, %brokers, %api, "up");
     if args.once {
@@ -178,6 +179,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     // switch; `zingqueue replay` finds this process by its advertisement.
     let replays = projections::Replays::new(store.clone(), read_models.clone())
         .with_live_gate(projector.gate());
+    let monitor_read_models = read_models.clone();
     let state = ApiState::new(store.clone(), admin)
         .with_read_models(read_models)
         .with_replays(replays.clone());
@@ -211,6 +213,12 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             },
             async {
                 replays.advertise(&api, until_stopped.clone()).await;
+                Ok(())
+            },
+            async {
+                booking_api::monitor::Monitor::new(store.clone(), Some(monitor_read_models))
+                    .run(until_stopped.clone())
+                    .await;
                 Ok(())
             },
         )

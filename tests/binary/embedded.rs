@@ -240,3 +240,84 @@ fn killed_mid_sale_and_started_again_every_booking_ends_and_dead_letters_survive
     );
     assert_eq!(letters[0]["group"], "seat-lock");
 }
+
+/// The value of the series `name` whose labels include `labels`, in a Prometheus text page.
+fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = labels
+                .iter()
+                .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
+            (series_name == name && wanted).then(|| value.parse().ok())?
+        })
+}
+
+#[test]
+fn metrics_follow_a_sale_from_the_database_and_the_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, api) = up(dir.path());
+    let show = create_show(&api, 2, 10);
+    let bookings = book_all(&api, &show, &seats(2, 10), 4);
+    wait_all_confirmed(&api, &bookings, Duration::from_secs(60));
+    // The monitor looks once a second: wait for it to have seen everything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (status, page) = http(&api, "GET", "/metrics", None, "");
+        assert_eq!(status, 200, "{page}");
+        let settled = series(&page, "zq_booking_funnel_total", &[("stage", "confirmed")])
+            == Some(20.0)
+            && series(&page, "zq_relay_lag_positions", &[]) == Some(0.0)
+            && series(
+                &page,
+                "zq_projection_lag_positions",
+                &[("projection", "read-models")],
+            ) == Some(0.0);
+        if settled {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics never settled:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        series(&page, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"))
+    };
+    // HTTP, by route template.
+    let accepted = [
+        ("route", "/bookings"),
+        ("method", "POST"),
+        ("status", "202"),
+    ];
+    assert_eq!(value("zq_http_requests_total", &accepted), 20.0);
+    let read = [("route", "/bookings/{booking_id}"), ("method", "GET")];
+    assert!(value("zq_http_request_duration_seconds_count", &read) >= 20.0);
+    // The funnel, from the log.
+    assert_eq!(
+        value("zq_booking_funnel_total", &[("stage", "requested")]),
+        20.0
+    );
+    assert_eq!(value("zq_booking_funnel_total", &[("stage", "held")]), 20.0);
+    assert_eq!(
+        value("zq_booking_funnel_total", &[("stage", "rejected")]),
+        0.0
+    );
+    // Every service handled records, timed per call.
+    for group in ["seat-lock", "payment", "notifier"] {
+        assert!(value("zq_records_processed_total", &[("group", group)]) >= 20.0);
+        assert!(value("zq_handler_duration_seconds_count", &[("group", group)]) >= 1.0);
+        assert_eq!(
+            value("zq_records_dead_lettered_total", &[("group", group)]),
+            0.0
+        );
+    }
+    assert_eq!(value("zq_relay_lag_seconds", &[]), 0.0);
+    support::interrupt(up);
+}

@@ -134,7 +134,7 @@ pub enum ConsumerError {
     Store(#[from] StoreError),
 }
 
-/// Counters of what a group did (the metrics issue exports them).
+/// Counters of what a group did (exported by `crate::metrics::export_consumer_stats`).
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     /// Records handled (done or dead-lettered by the handler).
@@ -145,7 +145,9 @@ pub struct ConsumerStats {
     pub unknown_types: AtomicU64,
     /// Records already finished before a restart (embedded default), dropped unhandled.
     pub already_done: AtomicU64,
-    /// Transient errors retried.
+    /// Handler calls that failed (a transient error, a permanent one or a panic).
+    pub failed: AtomicU64,
+    /// Transient errors retried (the handler's, and the store's while writing a dead letter).
     pub retried: AtomicU64,
     /// Dead letters written.
     pub dead_lettered: AtomicU64,
@@ -335,6 +337,7 @@ impl ConsumerGroup {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ConsumerError> {
         let config = &self.config;
+        crate::metrics::export_consumer_stats(&config.group, self.stats.clone());
         ensure_topics(admin, &config.topic, config.partitions).await?;
         let watermark_start = match &config.track_watermark {
             Some(_) => self

@@ -38,6 +38,12 @@ pub(crate) struct WorkerShared {
 }
 
 impl WorkerShared {
+    /// One handler call's time, into `zq_handler_duration_seconds{group}`.
+    fn record_duration(&self, started: std::time::Instant) {
+        metrics::histogram!("zq_handler_duration_seconds", "group" => self.group.clone())
+            .record(started.elapsed().as_secs_f64());
+    }
+
     pub fn lock_progress(&self) -> MutexGuard<'_, Progress> {
         // A panic while holding this lock leaves plain numbers behind, still usable.
         self.progress
@@ -210,7 +216,13 @@ async fn handle_batch(
     let outcomes = loop {
         attempt += 1;
         let call = AssertUnwindSafe(shared.handler.handle_batch(&events)).catch_unwind();
-        match call.await {
+        let started = std::time::Instant::now();
+        let called = call.await;
+        shared.record_duration(started);
+        if !matches!(called, Ok(Ok(_))) {
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        match called {
             Ok(Ok(outcomes)) if outcomes.len() == events.len() => break Some(outcomes),
             Ok(Ok(outcomes)) => {
                 warn!(
@@ -452,7 +464,13 @@ async fn handle_one(
         loop {
             attempt += 1;
             let call = AssertUnwindSafe(shared.handler.handle(record)).catch_unwind();
-            let outcome = match call.await {
+            let started = std::time::Instant::now();
+            let called = call.await;
+            shared.record_duration(started);
+            if !matches!(called, Ok(Ok(_))) {
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let outcome = match called {
                 Ok(Err(HandlerError::Transient(reason))) => {
                     if !wait_to_retry(shared, attempt, &reason, revoked).await {
                         return false;

@@ -1,0 +1,162 @@
+//! The monitor: once a second, what the whole system is doing, read from the database (so
+//! that it covers components running in other processes too), set into the gauges and counters
+//! `GET /metrics` renders:
+//! - `zq_relay_lag_positions`, `zq_relay_lag_seconds`: the log not yet published to Kafka;
+//! - `zq_projection_lag_positions{projection}`, `zq_projection_lag_seconds{projection}`: the log
+//!   not yet in the read models (store head minus checkpoint; seconds: the age of the oldest
+//!   event waiting, 0 when none);
+//! - `zq_dlq_depth{group,cause}`: dead letters not redriven;
+//! - `zq_booking_funnel_total{stage}`: bookings that reached each stage, counted from the log
+//!   (followed incrementally from position 0).
+//!
+//! Kafka consumer lag per group and partition (kafka-lag-exporter's names) joins it with the
+//! dashboard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::event::event_types;
+use event_store::{DeadLetterStatus, EventStore, Position, StoreError};
+use metrics::{counter, gauge};
+use tracing::warn;
+
+/// How often the monitor looks.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// Events per read while following the log for the funnel.
+const FUNNEL_BATCH: usize = 5_000;
+
+/// The funnel's stages and the event type that marks each.
+const FUNNEL: &[(&str, &str)] = &[
+    ("requested", event_types::BOOKING_REQUESTED),
+    ("held", event_types::BOOKING_SEATS_HELD),
+    ("confirmed", event_types::BOOKING_CONFIRMED),
+    ("rejected", event_types::BOOKING_REJECTED),
+    ("expired", event_types::BOOKING_HOLD_EXPIRED),
+    ("cancelled", event_types::BOOKING_CANCELLED),
+    ("failed", event_types::BOOKING_FAILED),
+    ("refunded", event_types::BOOKING_REFUNDED),
+];
+
+pub struct Monitor {
+    store: Arc<dyn EventStore>,
+    read_models: Option<projections::ReadModelDb>,
+    /// The funnel so far, and the log position it has counted through.
+    funnel: BTreeMap<&'static str, u64>,
+    counted_through: Position,
+    /// Dead-letter series set before, so that one that empties goes back to 0.
+    dlq_series: BTreeSet<(String, String)>,
+}
+
+impl Monitor {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        read_models: Option<projections::ReadModelDb>,
+    ) -> Monitor {
+        Monitor {
+            store,
+            read_models,
+            funnel: FUNNEL.iter().map(|(stage, _)| (*stage, 0)).collect(),
+            counted_through: Position::START,
+            dlq_series: BTreeSet::new(),
+        }
+    }
+
+    /// Look once a second until `shutdown` resolves. A failed look is logged and the next one
+    /// tried: the monitor never stops the process it watches.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(error) = self.look().await {
+                warn!(%error, "the monitor could not read the store; trying again");
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+        }
+    }
+
+    /// One look: lags, dead letters and the funnel.
+    pub async fn look(&mut self) -> Result<(), StoreError> {
+        let head = self.store.head().await?;
+        let relay = self
+            .store
+            .checkpoint(infra::relay::CHECKPOINT)
+            .await?
+            .unwrap_or(Position::START);
+        gauge!("zq_relay_lag_positions").set(head.0.saturating_sub(relay.0) as f64);
+        gauge!("zq_relay_lag_seconds").set(self.age_of_next(relay, head).await?);
+        if let Some(read_models) = &self.read_models {
+            match read_models.checkpoint(projections::READ_MODELS).await {
+                Ok(projected) => {
+                    let labels = [("projection", projections::READ_MODELS)];
+                    gauge!("zq_projection_lag_positions", &labels)
+                        .set(head.0.saturating_sub(projected.0) as f64);
+                    gauge!("zq_projection_lag_seconds", &labels)
+                        .set(self.age_of_next(projected, head).await?);
+                }
+                Err(error) => {
+                    warn!(%error, "the monitor could not read the projection's checkpoint")
+                }
+            }
+        }
+        self.dead_letters().await?;
+        self.count_funnel(head).await
+    }
+
+    /// Seconds since the first event after `done` was recorded; 0 when there is none.
+    async fn age_of_next(&self, done: Position, head: Position) -> Result<f64, StoreError> {
+        if done >= head {
+            return Ok(0.0);
+        }
+        let next = self.store.read_all(done, 1).await?;
+        Ok(next.first().map_or(0.0, |event| {
+            (Utc::now() - event.recorded_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64()
+        }))
+    }
+
+    async fn dead_letters(&mut self) -> Result<(), StoreError> {
+        let mut depth: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for count in self.store.dead_letter_counts().await? {
+            if count.status != DeadLetterStatus::Redriven {
+                *depth.entry((count.group, count.cause)).or_default() += count.count;
+            }
+        }
+        for series in &self.dlq_series {
+            depth.entry(series.clone()).or_default();
+        }
+        for ((group, cause), letters) in &depth {
+            gauge!("zq_dlq_depth", "group" => group.clone(), "cause" => cause.clone())
+                .set(*letters as f64);
+        }
+        self.dlq_series = depth.into_keys().collect();
+        Ok(())
+    }
+
+    async fn count_funnel(&mut self, head: Position) -> Result<(), StoreError> {
+        while self.counted_through < head {
+            let events = self
+                .store
+                .read_all(self.counted_through, FUNNEL_BATCH)
+                .await?;
+            let Some(last) = events.last() else { break };
+            self.counted_through = last.position;
+            for event in &events {
+                if let Some((stage, _)) = FUNNEL.iter().find(|(_, kind)| *kind == event.event_type)
+                {
+                    *self.funnel.entry(stage).or_default() += 1;
+                }
+            }
+        }
+        for (stage, bookings) in &self.funnel {
+            counter!("zq_booking_funnel_total", "stage" => *stage).absolute(*bookings);
+        }
+        Ok(())
+    }
+}

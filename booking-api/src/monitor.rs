@@ -9,8 +9,13 @@
 //! - `zq_booking_funnel_total{stage}`: bookings that reached each stage, counted from the log
 //!   (followed incrementally from position 0).
 //!
-//! Kafka consumer lag per group and partition (kafka-lag-exporter's names) joins it with the
-//! dashboard.
+//! - with the broker's address: consumer lag per group, topic and partition under
+//!   kafka-lag-exporter's names (`kafka_consumergroup_group_lag`, `…_lag_seconds`,
+//!   `…_group_offset`, `…_group_max_lag`, `…_group_sum_lag`, `kafka_partition_latest_offset`,
+//!   `kafka_partition_earliest_offset`, with `cluster_name="zingqueue"`), and each group's
+//!   Burrow-style status as `zq_consumer_group_status{group,status}` (1 for the current one),
+//!   STOP meaning no member has sent a heartbeat (`zq_consumer_progress`) for
+//!   [`HEARTBEAT_FRESH`]. See `infra::consumer::lag`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,14 +24,66 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::event::event_types;
 use event_store::{DeadLetterStatus, EventStore, Position, StoreError};
+use infra::consumer::lag::{GroupStatus, LagProbe, LagTracker, PartitionLag, group_status};
 use metrics::{counter, gauge};
 use tracing::warn;
 
 /// How often the monitor looks.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// A group whose members have all been silent this long has no live consumer (they report
+/// every second).
+pub const HEARTBEAT_FRESH: Duration = Duration::from_secs(5);
+
+/// The `cluster_name` label of the Kafka lag series.
+const CLUSTER: &str = "zingqueue";
+
+/// The consumer groups watched, and their topic.
+pub struct KafkaWatch {
+    pub brokers: String,
+    pub topic: String,
+    pub groups: Vec<String>,
+}
+
 /// Events per read while following the log for the funnel.
 const FUNNEL_BATCH: usize = 5_000;
+
+/// One group's lag series and status.
+fn export_group(group: &str, lags: &[PartitionLag], status: GroupStatus) {
+    for lag in lags {
+        let labels = [
+            ("cluster_name", CLUSTER.to_string()),
+            ("group", group.to_string()),
+            ("topic", lag.topic.clone()),
+            ("partition", lag.partition.to_string()),
+        ];
+        if let Some(committed) = lag.committed {
+            gauge!("kafka_consumergroup_group_offset", &labels).set(committed as f64);
+        }
+        gauge!("kafka_consumergroup_group_lag", &labels).set(lag.lag as f64);
+        gauge!("kafka_consumergroup_group_lag_seconds", &labels).set(lag.lag_seconds);
+        let partition = [
+            ("cluster_name", CLUSTER.to_string()),
+            ("topic", lag.topic.clone()),
+            ("partition", lag.partition.to_string()),
+        ];
+        gauge!("kafka_partition_latest_offset", &partition).set(lag.latest as f64);
+        gauge!("kafka_partition_earliest_offset", &partition).set(lag.earliest as f64);
+    }
+    let group_labels = [
+        ("cluster_name", CLUSTER.to_string()),
+        ("group", group.to_string()),
+    ];
+    let max = |value: fn(&PartitionLag) -> f64| lags.iter().map(value).fold(0.0, f64::max);
+    gauge!("kafka_consumergroup_group_max_lag", &group_labels).set(max(|l| l.lag as f64));
+    gauge!("kafka_consumergroup_group_max_lag_seconds", &group_labels).set(max(|l| l.lag_seconds));
+    gauge!("kafka_consumergroup_group_sum_lag", &group_labels)
+        .set(lags.iter().map(|l| l.lag as f64).sum::<f64>());
+    for candidate in GroupStatus::ALL {
+        gauge!("zq_consumer_group_status", "group" => group.to_string(), "status" => candidate.as_str())
+            .set(if candidate == status { 1.0 } else { 0.0 });
+    }
+}
 
 /// The funnel's stages and the event type that marks each.
 const FUNNEL: &[(&str, &str)] = &[
@@ -48,6 +105,14 @@ pub struct Monitor {
     counted_through: Position,
     /// Dead-letter series set before, so that one that empties goes back to 0.
     dlq_series: BTreeSet<(String, String)>,
+    kafka: Option<KafkaMonitor>,
+}
+
+struct KafkaMonitor {
+    watch: KafkaWatch,
+    /// Its calls block: it moves into a blocking task for each look and back.
+    probe: Option<LagProbe>,
+    tracker: LagTracker,
 }
 
 impl Monitor {
@@ -61,7 +126,18 @@ impl Monitor {
             funnel: FUNNEL.iter().map(|(stage, _)| (*stage, 0)).collect(),
             counted_through: Position::START,
             dlq_series: BTreeSet::new(),
+            kafka: None,
         }
+    }
+
+    /// Also watch the consumer groups' lag on the broker.
+    pub fn with_kafka(mut self, watch: KafkaWatch) -> Monitor {
+        self.kafka = Some(KafkaMonitor {
+            probe: Some(LagProbe::new(&watch.brokers)),
+            watch,
+            tracker: LagTracker::default(),
+        });
+        self
     }
 
     /// Look once a second until `shutdown` resolves. A failed look is logged and the next one
@@ -104,7 +180,57 @@ impl Monitor {
             }
         }
         self.dead_letters().await?;
-        self.count_funnel(head).await
+        self.count_funnel(head).await?;
+        self.consumer_lag().await
+    }
+
+    /// Lag and status of every watched group (nothing without a broker to watch).
+    async fn consumer_lag(&mut self) -> Result<(), StoreError> {
+        let Some(kafka) = &mut self.kafka else {
+            return Ok(());
+        };
+        let Some(mut probe) = kafka.probe.take() else {
+            return Ok(());
+        };
+        let (topic, groups) = (kafka.watch.topic.clone(), kafka.watch.groups.clone());
+        let sampled = tokio::task::spawn_blocking(move || {
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let sampled = probe.sample(&topic, &groups, Duration::from_secs(5));
+            (probe, sampled)
+        })
+        .await;
+        let samples = match sampled {
+            Ok((probe, sampled)) => {
+                kafka.probe = Some(probe);
+                match sampled {
+                    Ok(samples) => samples,
+                    Err(error) => {
+                        warn!(%error, "the monitor could not read the consumer groups' offsets");
+                        return Ok(());
+                    }
+                }
+            }
+            Err(error) => {
+                // The probe panicked: start a new one next time.
+                warn!(%error, "the lag probe failed");
+                kafka.probe = Some(LagProbe::new(&kafka.watch.brokers));
+                return Ok(());
+            }
+        };
+        let fresh_since = Utc::now()
+            - chrono::Duration::from_std(HEARTBEAT_FRESH).unwrap_or(chrono::Duration::zero());
+        let progress = self.store.consumer_progress().await?;
+        let now = std::time::Instant::now();
+        for (group, group_samples) in &samples {
+            let alive = progress
+                .iter()
+                .any(|row| row.group == *group && row.heartbeat_at >= fresh_since);
+            let lags = kafka
+                .tracker
+                .observe(group, &kafka.watch.topic, group_samples, alive, now);
+            export_group(group, &lags, group_status(&lags, alive));
+        }
+        Ok(())
     }
 
     /// Seconds since the first event after `done` was recorded; 0 when there is none.

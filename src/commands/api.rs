@@ -28,10 +28,15 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     // The API serves /metrics for the whole system: the monitor reads lags, dead letters and
     // the funnel from the database, whichever processes run the components.
     let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));
-    let monitor = tokio::spawn(
-        booking_api::monitor::Monitor::new(store.clone(), Some(read_models.clone()))
-            .run(shutdown.clone()),
-    );
+    let mut monitor = booking_api::monitor::Monitor::new(store.clone(), Some(read_models.clone()));
+    if let Some(brokers) = global
+        .kafka_brokers
+        .as_deref()
+        .filter(|brokers| !brokers.trim().is_empty())
+    {
+        monitor = monitor.with_kafka(super::kafka_watch(brokers));
+    }
+    let monitor = tokio::spawn(monitor.run(shutdown.clone()));
     booking_api::serve(
         listener,
         ApiState::new(store.clone(), admin).with_read_models(read_models),

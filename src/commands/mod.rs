@@ -77,3 +77,14 @@ pub async fn run_relay(
         .await?;
     Ok(())
 }
+
+/// The consumer groups the monitor watches on `brokers`: every service's, on the booking topic.
+pub fn kafka_watch(brokers: &str) -> booking_api::monitor::KafkaWatch {
+    booking_api::monitor::KafkaWatch {
+        brokers: brokers.to_string(),
+        topic: infra::kafka::BOOKING_EVENTS_TOPIC.to_string(),
+        groups: [seat_lock::GROUP, payment::GROUP, notifier::GROUP]
+            .map(str::to_string)
+            .to_vec(),
+    }
+}

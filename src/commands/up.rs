@@ -180,6 +180,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let replays = projections::Replays::new(store.clone(), read_models.clone())
         .with_live_gate(projector.gate());
     let monitor_read_models = read_models.clone();
+    let monitor_brokers = brokers.clone();
     let state = ApiState::new(store.clone(), admin)
         .with_read_models(read_models)
         .with_replays(replays.clone());
@@ -217,6 +218,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             },
             async {
                 booking_api::monitor::Monitor::new(store.clone(), Some(monitor_read_models))
+                    .with_kafka(super::kafka_watch(&monitor_brokers))
                     .run(until_stopped.clone())
                     .await;
                 Ok(())

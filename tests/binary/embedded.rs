@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, http, spawn_until};
+use support::{Running, http, series, spawn_until};
 
 const ADMIN: &str = "embedded-test-admin-token";
 
@@ -241,23 +241,6 @@ fn killed_mid_sale_and_started_again_every_booking_ends_and_dead_letters_survive
     assert_eq!(letters[0]["group"], "seat-lock");
 }
 
-/// The value of the series `name` whose labels include `labels`, in a Prometheus text page.
-fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let wanted = labels
-                .iter()
-                .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
-            (series_name == name && wanted).then(|| value.parse().ok())?
-        })
-}
-
 #[test]
 fn metrics_follow_a_sale_from_the_database_and_the_services() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,8 +253,15 @@ fn metrics_follow_a_sale_from_the_database_and_the_services() {
     let page = loop {
         let (status, page) = http(&api, "GET", "/metrics", None, "");
         assert_eq!(status, 200, "{page}");
-        let settled = series(&page, "zq_booking_funnel_total", &[("stage", "confirmed")])
-            == Some(20.0)
+        let caught_up = ["seat-lock", "payment", "notifier"].iter().all(|group| {
+            series(
+                &page,
+                "kafka_consumergroup_group_max_lag",
+                &[("group", group)],
+            ) == Some(0.0)
+        });
+        let settled = caught_up
+            && series(&page, "zq_booking_funnel_total", &[("stage", "confirmed")]) == Some(20.0)
             && series(&page, "zq_relay_lag_positions", &[]) == Some(0.0)
             && series(
                 &page,
@@ -319,5 +309,37 @@ fn metrics_follow_a_sale_from_the_database_and_the_services() {
         );
     }
     assert_eq!(value("zq_relay_lag_seconds", &[]), 0.0);
+    // Consumer lag per partition, as Kafka users chart it, and every group OK.
+    for group in ["seat-lock", "payment", "notifier"] {
+        let partition = [
+            ("group", group),
+            ("topic", "zq.booking-events"),
+            ("partition", "0"),
+        ];
+        assert_eq!(value("kafka_consumergroup_group_lag", &partition), 0.0);
+        assert_eq!(
+            value("kafka_consumergroup_group_lag_seconds", &partition),
+            0.0
+        );
+        assert_eq!(
+            value(
+                "zq_consumer_group_status",
+                &[("group", group), ("status", "OK")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                "zq_consumer_group_status",
+                &[("group", group), ("status", "STOP")]
+            ),
+            0.0
+        );
+    }
+    let partitions = page
+        .lines()
+        .filter(|line| line.starts_with("kafka_partition_latest_offset{"))
+        .count();
+    assert!(partitions >= 1, "{page}");
     support::interrupt(up);
 }

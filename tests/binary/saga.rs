@@ -1129,3 +1129,56 @@ fn live_updates_follow_the_seats_and_the_booking() {
     );
     assert_eq!(status, 401);
 }
+
+#[test]
+fn a_stopped_consumer_group_turns_stop_and_its_lag_grows_on_the_api_metrics() {
+    let servers = Servers::start();
+    let env = servers.env("3000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_api, api) = run("api", &env);
+    let (_relay, _) = run("relay", &env);
+    let (_seat_lock, _) = run("seat-lock", &env);
+    let (payment, _) = run("payment", &env);
+    let (_notifier, _) = run("notifier", &env);
+    let (_projections, _) = run("projections", &env);
+    let client = Client { api: api.clone() };
+    let show = client.create_show(1, 10);
+    let first = client.book(&show, &["A-1-1"], "sim_ok", "before");
+    client.wait_for_status(&first, "confirmed");
+    let metric = |name: &str, labels: &[(&str, &str)]| {
+        let (status, page) = http(&api, "GET", "/metrics", None, "");
+        assert_eq!(status, 200, "{page}");
+        support::series(&page, name, labels)
+    };
+    let status_of = |group: &str, status: &str| {
+        metric(
+            "zq_consumer_group_status",
+            &[("group", group), ("status", status)],
+        )
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait("payment OK", &|| status_of("payment", "OK") == Some(1.0));
+    // The payment service goes away (SIGKILL): no more heartbeats, and held bookings pile up.
+    drop(payment);
+    for seat in ["A-1-2", "A-1-3", "A-1-4"] {
+        client.book(&show, &[seat], "sim_ok", "after");
+    }
+    wait("payment STOP", &|| {
+        status_of("payment", "STOP") == Some(1.0)
+    });
+    wait("payment lag", &|| {
+        metric("kafka_consumergroup_group_sum_lag", &[("group", "payment")])
+            .is_some_and(|lag| lag >= 3.0)
+    });
+    // The others keep up.
+    wait("seat-lock OK", &|| {
+        status_of("seat-lock", "OK") == Some(1.0)
+    });
+    assert_eq!(status_of("seat-lock", "STOP"), Some(0.0));
+}

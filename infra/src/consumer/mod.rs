@@ -31,11 +31,13 @@
 //! asked for (`zingqueue dlq redrive`) through the same handler.
 //!
 //! Layout: `record` (what a record holds), `handler` (what services implement), `dead_letters`,
-//! `progress`, `worker` (the partition workers), this file (configuration, the group, the
+//! `progress`, `lag` (consumer lag and group status, for the monitor), `worker` (the partition
+//! workers), this file (configuration, the group, the
 //! dispatcher and the rebalance hooks).
 
 pub mod dead_letters;
 pub mod handler;
+pub mod lag;
 pub mod progress;
 pub mod record;
 mod worker;

@@ -133,3 +133,20 @@ pub fn http(
         .to_string();
     (status, body)
 }
+
+/// The value of the series `name` whose labels include `labels`, in a Prometheus text page.
+pub fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = labels
+                .iter()
+                .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
+            (series_name == name && wanted).then(|| value.parse().ok())?
+        })
+}

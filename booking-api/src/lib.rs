@@ -23,13 +23,15 @@
 //! - [`openapi`]: `GET /openapi.json` (utoipa), from the handlers' annotations.
 //! - [`health`]: liveness and readiness.
 //! - [`observability`]: `GET /metrics` and the HTTP metrics of every route; [`monitor`]: lags,
-//!   dead letters and the booking funnel read from the database once a second.
+//!   dead letters, consumer lag and the booking funnel read from the database and the broker
+//!   once a second; [`dashboard`]: `GET /dashboard`, the page that charts them.
 
 pub mod access;
 pub mod admission;
 pub mod auth;
 pub mod bookings;
 pub mod catalog;
+pub mod dashboard;
 pub mod dead_letters;
 pub mod error;
 pub mod health;

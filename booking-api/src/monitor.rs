@@ -21,11 +21,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::event::event_types;
 use event_store::{DeadLetterStatus, EventStore, Position, StoreError};
 use infra::consumer::lag::{GroupStatus, LagProbe, LagTracker, PartitionLag, group_status};
 use metrics::{counter, gauge};
+use serde::Serialize;
+use tokio::sync::watch;
 use tracing::warn;
 
 /// How often the monitor looks.
@@ -47,6 +49,54 @@ pub struct KafkaWatch {
 
 /// Events per read while following the log for the funnel.
 const FUNNEL_BATCH: usize = 5_000;
+
+/// What the dashboard shows: one look at the whole system.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub at: DateTime<Utc>,
+    pub log_head: u64,
+    pub relay: Lag,
+    pub projection: Option<Lag>,
+    /// Worst status first, then most lag.
+    pub groups: Vec<GroupView>,
+    pub dead_letters: Vec<DlqDepth>,
+    pub funnel: BTreeMap<&'static str, u64>,
+    /// The services running in this process, with their counters (empty for `run api`).
+    pub services: Vec<ServiceCounters>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Lag {
+    pub positions: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    pub group: String,
+    pub status: GroupStatus,
+    /// A member sent a heartbeat within [`HEARTBEAT_FRESH`].
+    pub alive: bool,
+    pub sum_lag: i64,
+    pub max_lag_seconds: f64,
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DlqDepth {
+    pub group: String,
+    pub cause: String,
+    pub depth: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCounters {
+    pub group: String,
+    pub processed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
 
 /// One group's lag series and status.
 fn export_group(group: &str, lags: &[PartitionLag], status: GroupStatus) {
@@ -106,6 +156,9 @@ pub struct Monitor {
     /// Dead-letter series set before, so that one that empties goes back to 0.
     dlq_series: BTreeSet<(String, String)>,
     kafka: Option<KafkaMonitor>,
+    /// Where each look is published for the dashboard.
+    published: Option<watch::Sender<Option<Snapshot>>>,
+    snapshot: Snapshot,
 }
 
 struct KafkaMonitor {
@@ -127,7 +180,15 @@ impl Monitor {
             counted_through: Position::START,
             dlq_series: BTreeSet::new(),
             kafka: None,
+            published: None,
+            snapshot: Snapshot::default(),
         }
+    }
+
+    /// Publish each look (the dashboard follows the receiver).
+    pub fn publishing_to(mut self, sender: watch::Sender<Option<Snapshot>>) -> Monitor {
+        self.published = Some(sender);
+        self
     }
 
     /// Also watch the consumer groups' lag on the broker.
@@ -158,21 +219,30 @@ impl Monitor {
     /// One look: lags, dead letters and the funnel.
     pub async fn look(&mut self) -> Result<(), StoreError> {
         let head = self.store.head().await?;
+        self.snapshot.at = Utc::now();
+        self.snapshot.log_head = head.0;
         let relay = self
             .store
             .checkpoint(infra::relay::CHECKPOINT)
             .await?
             .unwrap_or(Position::START);
-        gauge!("zq_relay_lag_positions").set(head.0.saturating_sub(relay.0) as f64);
-        gauge!("zq_relay_lag_seconds").set(self.age_of_next(relay, head).await?);
+        self.snapshot.relay = Lag {
+            positions: head.0.saturating_sub(relay.0),
+            seconds: self.age_of_next(relay, head).await?,
+        };
+        gauge!("zq_relay_lag_positions").set(self.snapshot.relay.positions as f64);
+        gauge!("zq_relay_lag_seconds").set(self.snapshot.relay.seconds);
         if let Some(read_models) = &self.read_models {
             match read_models.checkpoint(projections::READ_MODELS).await {
                 Ok(projected) => {
+                    let lag = Lag {
+                        positions: head.0.saturating_sub(projected.0),
+                        seconds: self.age_of_next(projected, head).await?,
+                    };
                     let labels = [("projection", projections::READ_MODELS)];
-                    gauge!("zq_projection_lag_positions", &labels)
-                        .set(head.0.saturating_sub(projected.0) as f64);
-                    gauge!("zq_projection_lag_seconds", &labels)
-                        .set(self.age_of_next(projected, head).await?);
+                    gauge!("zq_projection_lag_positions", &labels).set(lag.positions as f64);
+                    gauge!("zq_projection_lag_seconds", &labels).set(lag.seconds);
+                    self.snapshot.projection = Some(lag);
                 }
                 Err(error) => {
                     warn!(%error, "the monitor could not read the projection's checkpoint")
@@ -181,7 +251,26 @@ impl Monitor {
         }
         self.dead_letters().await?;
         self.count_funnel(head).await?;
-        self.consumer_lag().await
+        self.consumer_lag().await?;
+        self.snapshot.services = infra::metrics::consumer_stats()
+            .into_iter()
+            .map(|(group, stats)| {
+                let get = |counter: &std::sync::atomic::AtomicU64| {
+                    counter.load(std::sync::atomic::Ordering::Relaxed)
+                };
+                ServiceCounters {
+                    group,
+                    processed: get(&stats.processed),
+                    failed: get(&stats.failed),
+                    retried: get(&stats.retried),
+                    dead_lettered: get(&stats.dead_lettered),
+                }
+            })
+            .collect();
+        if let Some(published) = &self.published {
+            published.send_replace(Some(self.snapshot.clone()));
+        }
+        Ok(())
     }
 
     /// Lag and status of every watched group (nothing without a broker to watch).
@@ -221,6 +310,7 @@ impl Monitor {
             - chrono::Duration::from_std(HEARTBEAT_FRESH).unwrap_or(chrono::Duration::zero());
         let progress = self.store.consumer_progress().await?;
         let now = std::time::Instant::now();
+        let mut groups = Vec::new();
         for (group, group_samples) in &samples {
             let alive = progress
                 .iter()
@@ -228,8 +318,20 @@ impl Monitor {
             let lags = kafka
                 .tracker
                 .observe(group, &kafka.watch.topic, group_samples, alive, now);
-            export_group(group, &lags, group_status(&lags, alive));
+            let status = group_status(&lags, alive);
+            export_group(group, &lags, status);
+            groups.push(GroupView {
+                group: group.clone(),
+                status,
+                alive,
+                sum_lag: lags.iter().map(|l| l.lag).sum(),
+                max_lag_seconds: lags.iter().map(|l| l.lag_seconds).fold(0.0, f64::max),
+                partitions: lags,
+            });
         }
+        // The worst first: status, then lag.
+        groups.sort_by(|a, b| a.status.cmp(&b.status).then(b.sum_lag.cmp(&a.sum_lag)));
+        self.snapshot.groups = groups;
         Ok(())
     }
 
@@ -261,6 +363,14 @@ impl Monitor {
             gauge!("zq_dlq_depth", "group" => group.clone(), "cause" => cause.clone())
                 .set(*letters as f64);
         }
+        self.snapshot.dead_letters = depth
+            .iter()
+            .map(|((group, cause), letters)| DlqDepth {
+                group: group.clone(),
+                cause: cause.clone(),
+                depth: *letters,
+            })
+            .collect();
         self.dlq_series = depth.into_keys().collect();
         Ok(())
     }
@@ -283,6 +393,7 @@ impl Monitor {
         for (stage, bookings) in &self.funnel {
             counter!("zq_booking_funnel_total", "stage" => *stage).absolute(*bookings);
         }
+        self.snapshot.funnel = self.funnel.clone();
         Ok(())
     }
 }

@@ -7,7 +7,9 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{bookings, dead_letters, error, health, live, observability, queries, replays, shows};
+use crate::{
+    bookings, dashboard, dead_letters, error, health, live, observability, queries, replays, shows,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +37,10 @@ use crate::{bookings, dead_letters, error, health, live, observability, queries,
         health::healthz,
         health::readyz,
         observability::metrics,
+        dashboard::page,
+        dashboard::events,
+        dashboard::uplot_js,
+        dashboard::uplot_css,
         openapi_json,
     ),
     components(schemas(error::Problem)),

@@ -14,7 +14,8 @@ use crate::catalog::ShowCatalog;
 use crate::error::ApiError;
 use crate::idempotency::InFlightKeys;
 use crate::{
-    bookings, dead_letters, health, live, observability, openapi, queries, replays, shows,
+    bookings, dashboard, dead_letters, health, live, observability, openapi, queries, replays,
+    shows,
 };
 
 /// Bodies over this many bytes are refused with 413 (API.md: 1 MiB).
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub read_models: Option<projections::ReadModelDb>,
     /// Replays of the read models run by this process (`None`: those routes answer 503).
     pub replays: Option<projections::Replays>,
+    /// The monitor's looks, for the dashboard (`None`: its stream answers 503).
+    pub dashboard: Option<tokio::sync::watch::Receiver<Option<crate::monitor::Snapshot>>>,
 }
 
 impl ApiState {
@@ -47,6 +50,7 @@ impl ApiState {
             catalog: ShowCatalog::default(),
             read_models: None,
             replays: None,
+            dashboard: None,
         }
     }
 
@@ -60,6 +64,15 @@ impl ApiState {
     /// Run replays of the read models here (the admin routes `/admin/replays…`).
     pub fn with_replays(mut self, replays: projections::Replays) -> ApiState {
         self.replays = Some(replays);
+        self
+    }
+
+    /// Serve the dashboard from the monitor publishing to `looks`.
+    pub fn with_dashboard(
+        mut self,
+        looks: tokio::sync::watch::Receiver<Option<crate::monitor::Snapshot>>,
+    ) -> ApiState {
+        self.dashboard = Some(looks);
         self
     }
 
@@ -98,6 +111,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/replays", post(replays::start_replay))
         .route("/admin/replays/{replay_id}", get(replays::get_replay))
         .route("/metrics", get(observability::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/events", get(dashboard::events))
+        .route("/dashboard/uplot.js", get(dashboard::uplot_js))
+        .route("/dashboard/uplot.css", get(dashboard::uplot_css))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -87,8 +87,22 @@ impl Metrics {
     }
 }
 
+/// The consumer groups running in this process, with their counters (for the dashboard).
+pub fn consumer_stats() -> Vec<(String, Arc<ConsumerStats>)> {
+    CONSUMERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+static CONSUMERS: Mutex<Vec<(String, Arc<ConsumerStats>)>> = Mutex::new(Vec::new());
+
 /// Export a consumer group's counters (see [`ConsumerStats`]) as `zq_records_*_total{group}`.
 pub fn export_consumer_stats(group: &str, stats: Arc<ConsumerStats>) {
+    CONSUMERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((group.to_string(), stats.clone()));
     let Some(metrics) = install() else {
         return;
     };

@@ -28,7 +28,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     // The API serves /metrics for the whole system: the monitor reads lags, dead letters and
     // the funnel from the database, whichever processes run the components.
     let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));
-    let mut monitor = booking_api::monitor::Monitor::new(store.clone(), Some(read_models.clone()));
+    let (looks, dashboard) = tokio::sync::watch::channel(None);
+    let mut monitor = booking_api::monitor::Monitor::new(store.clone(), Some(read_models.clone()))
+        .publishing_to(looks);
     if let Some(brokers) = global
         .kafka_brokers
         .as_deref()
@@ -39,7 +41,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let monitor = tokio::spawn(monitor.run(shutdown.clone()));
     booking_api::serve(
         listener,
-        ApiState::new(store.clone(), admin).with_read_models(read_models),
+        ApiState::new(store.clone(), admin)
+            .with_read_models(read_models)
+            .with_dashboard(dashboard),
         shutdown,
     )
     .await

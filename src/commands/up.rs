@@ -96,9 +96,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     if embedded {
         let endpoints = json!({
             "api": api,
-            // The dashboard arrives with the dashboard issue; the field is here (null) so that
-            // the shape of API.md holds from the start.
-            "dashboard": null,
+            "dashboard": format!("{api}/dashboard"),
             "metrics": format!("{api}/metrics"),
             "kafka_brokers": brokers,
             "database_url": location.display_url(),
@@ -151,8 +149,8 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         );
     }
     println!("  projections:   read models in the same database");
+    println!("  dashboard:     {api}/dashboard");
     println!("  metrics:       {api}/metrics");
-    println!("  not yet built: dashboard");
     info!(store = %location.display_url(), %head, %brokers, %api, "up");
     if args.once {
         store.close().await;
@@ -181,9 +179,11 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         .with_live_gate(projector.gate());
     let monitor_read_models = read_models.clone();
     let monitor_brokers = brokers.clone();
+    let (looks, dashboard) = watch::channel(None);
     let state = ApiState::new(store.clone(), admin)
         .with_read_models(read_models)
-        .with_replays(replays.clone());
+        .with_replays(replays.clone())
+        .with_dashboard(dashboard);
     let server = tokio::spawn(booking_api::serve(listener, state, until_stopped.clone()));
     let follow = watermarks.map(|watermarks| FollowGroups {
         watermarks,
@@ -219,6 +219,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
             async {
                 booking_api::monitor::Monitor::new(store.clone(), Some(monitor_read_models))
                     .with_kafka(super::kafka_watch(&monitor_brokers))
+                    .publishing_to(looks)
                     .run(until_stopped.clone())
                     .await;
                 Ok(())

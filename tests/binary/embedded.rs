@@ -341,5 +341,55 @@ fn metrics_follow_a_sale_from_the_database_and_the_services() {
         .filter(|line| line.starts_with("kafka_partition_latest_offset{"))
         .count();
     assert!(partitions >= 1, "{page}");
+
+    // The dashboard: its page, the vendored chart library, and its stream of looks.
+    let (status, html) = http(&api, "GET", "/dashboard", None, "");
+    assert_eq!(status, 200);
+    assert!(html.contains("/dashboard/uplot.js") && html.contains("EventSource"));
+    let (status, library) = http(&api, "GET", "/dashboard/uplot.js", None, "");
+    assert_eq!(status, 200);
+    assert!(library.contains("uPlot"), "not the chart library");
+    let look = first_dashboard_look(&api);
+    assert_eq!(look["funnel"]["confirmed"], 20, "{look:#}");
+    assert_eq!(look["relay"]["positions"], 0, "{look:#}");
+    let groups = look["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{look:#}");
+    for group in groups {
+        assert_eq!(group["status"], "OK", "{look:#}");
+        assert_eq!(group["sum_lag"], 0, "{look:#}");
+        assert!(!group["partitions"].as_array().unwrap().is_empty());
+    }
+    let services = look["services"].as_array().unwrap();
+    assert!(
+        services
+            .iter()
+            .any(|s| s["group"] == "payment" && s["processed"].as_u64() >= Some(20)),
+        "{look:#}"
+    );
     support::interrupt(up);
+}
+
+/// The first `snapshot` event of `GET /dashboard/events`.
+fn first_dashboard_look(api: &str) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        stream,
+        "GET /dashboard/events HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let lines = BufReader::new(stream).lines();
+    for line in lines {
+        let line = line.expect("the stream stays open");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let look: Value = serde_json::from_str(data).unwrap();
+            if !look.is_null() {
+                return look;
+            }
+        }
+    }
+    panic!("the dashboard stream ended without a look");
 }

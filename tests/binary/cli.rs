@@ -346,3 +346,36 @@ fn run_api_serves_on_its_own_and_needs_an_admin_token() {
     interrupt(api);
     interrupt(projections);
 }
+
+/// The shipped Prometheus configuration and alert rules pass promtool, and the alerts fire as
+/// their unit tests say (`infra/deploy/prometheus/alerts_test.yml`).
+#[test]
+fn the_shipped_prometheus_configuration_and_alerts_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/deploy/prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let output = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs: install Debian's prometheus (scripts/install-deps does)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+    }
+    let board: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("infra/deploy/grafana/zingqueue.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(board["panels"].as_array().unwrap().len() >= 8);
+}

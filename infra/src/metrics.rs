@@ -97,6 +97,21 @@ pub fn consumer_stats() -> Vec<(String, Arc<ConsumerStats>)> {
 
 static CONSUMERS: Mutex<Vec<(String, Arc<ConsumerStats>)>> = Mutex::new(Vec::new());
 
+/// A failure a handler retries by itself (the payment service retries a charge inside the
+/// booking's own task, out of the consumer runtime's sight): counted into its group's `failed`,
+/// and `retried` when it will try again.
+pub fn count_handler_failure(group: &str, retried: bool) {
+    let consumers = CONSUMERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, stats)) = consumers.iter().find(|(name, _)| name == group) {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        if retried {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Export a consumer group's counters (see [`ConsumerStats`]) as `zq_records_*_total{group}`.
 pub fn export_consumer_stats(group: &str, stats: Arc<ConsumerStats>) {
     CONSUMERS

@@ -151,6 +151,11 @@ impl PaymentHandler {
                 }
                 Err(error) => {
                     last_error = error.to_string();
+                    // A failed attempt, whether retried or not: the service's failure rate.
+                    infra::metrics::count_handler_failure(
+                        GROUP,
+                        attempt < self.config.retry.max_attempts,
+                    );
                     if attempt < self.config.retry.max_attempts {
                         let delay = self.config.retry.delay(attempt);
                         warn!(%booking_id, attempt, ?delay, error = %last_error, "charge failed transiently; retrying");
@@ -299,6 +304,7 @@ impl PaymentHandler {
                 Err(
                     GatewayError::Transient { reason } | GatewayError::UnknownOutcome { reason },
                 ) if attempt < self.config.retry.max_attempts => {
+                    infra::metrics::count_handler_failure(GROUP, true);
                     let delay = self.config.retry.delay(attempt);
                     warn!(booking_id = %refund.booking_id, attempt, ?delay, %reason, "refund failed transiently; retrying");
                     tokio::time::sleep(delay).await;

@@ -222,3 +222,80 @@ async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
     client.close().await.unwrap();
     interrupt(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_failure_rate_shown_rises_when_half_the_charges_fail_transiently() {
+    let (_driver, port) = start_chromedriver();
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("ZQ_DATA_DIR", data.path().to_str().unwrap()),
+        ("ZQ_LISTEN", "127.0.0.1:0"),
+        ("ZQ_ADMIN_TOKEN", ADMIN),
+        // Half the charge attempts fail transiently; retried soon, and often enough to end.
+        ("ZQ_PAYMENT_TRANSIENT_RATE", "0.5"),
+        ("ZQ_PAYMENT_DECLINE_RATE", "0"),
+        ("ZQ_PAYMENT_RETRY_BASE_MS", "5"),
+        ("ZQ_PAYMENT_MAX_ATTEMPTS", "20"),
+        ("RUST_LOG", "error"),
+    ];
+    let (up, api) = spawn_until(&["up"], &env, "api:");
+    let api = api.trim_start_matches("http://").to_string();
+    let profile = tempfile::tempdir().unwrap();
+    let client = browser(port, profile.path()).await;
+    client
+        .goto(&format!("http://{api}/dashboard"))
+        .await
+        .unwrap();
+    until(&client, "window.zqDash.looks >= 1", Duration::from_secs(30)).await;
+    let (status, body) = request(
+        &api,
+        "POST",
+        "/shows",
+        &json!({
+            "name": "Flaky Payments Live", "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
+            "sections": [{"name": "A", "rows": 4, "seats_per_row": 100, "price_cents": 4500}]
+        }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let show = body["show_id"].as_str().unwrap().to_string();
+    let booker = std::thread::spawn({
+        let api = api.clone();
+        move || {
+            for row in 1..=4 {
+                for seat in 1..=100 {
+                    // No payment method: the simulator's rates apply.
+                    let (status, body) = request(
+                        &api,
+                        "POST",
+                        "/bookings",
+                        &json!({
+                            "show_id": show, "seats": [format!("A-{row}-{seat}")],
+                            "customer": {"id": format!("f{row}-{seat}"),
+                                         "email": "fan@example.com", "name": "Fan"}
+                        }),
+                    );
+                    assert_eq!(status, 202, "{body}");
+                }
+            }
+        }
+    });
+    // One failure per record handled is what a 50% transient rate gives on average (each
+    // attempt fails with probability 1/2); the chart must show well above zero for payment
+    // and zero for the others.
+    until(
+        &client,
+        "(window.zqDash.failure['payment'] || []).some(rate => rate !== null && rate >= 0.3)",
+        Duration::from_secs(90),
+    )
+    .await;
+    booker.join().unwrap();
+    let others = eval(
+        &client,
+        "['seat-lock', 'notifier'].every(group => \
+           (window.zqDash.failure[group] || []).every(rate => rate === null || rate === 0))",
+    )
+    .await;
+    assert_eq!(others, Value::Bool(true));
+    client.close().await.unwrap();
+    interrupt(up);
+}

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, http, series, spawn_until};
+use support::{Running, first_dashboard_look, http, series, spawn_until};
 
 const ADMIN: &str = "embedded-test-admin-token";
 
@@ -367,29 +367,4 @@ fn metrics_follow_a_sale_from_the_database_and_the_services() {
         "{look:#}"
     );
     support::interrupt(up);
-}
-
-/// The first `snapshot` event of `GET /dashboard/events`.
-fn first_dashboard_look(api: &str) -> Value {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::net::TcpStream::connect(api).unwrap();
-    write!(
-        stream,
-        "GET /dashboard/events HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let lines = BufReader::new(stream).lines();
-    for line in lines {
-        let line = line.expect("the stream stays open");
-        if let Some(data) = line.strip_prefix("data: ") {
-            let look: Value = serde_json::from_str(data).unwrap();
-            if !look.is_null() {
-                return look;
-            }
-        }
-    }
-    panic!("the dashboard stream ended without a look");
 }

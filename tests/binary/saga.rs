@@ -1182,3 +1182,192 @@ fn a_stopped_consumer_group_turns_stop_and_its_lag_grows_on_the_api_metrics() {
     });
     assert_eq!(status_of("seat-lock", "STOP"), Some(0.0));
 }
+
+/// A Prometheus started here with the shipped configuration (`infra/deploy/prometheus/`), its
+/// targets file naming the processes to scrape; killed when dropped.
+struct Prometheus {
+    process: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(targets: &[(&str, &str)]) -> Prometheus {
+        let shipped =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/deploy/prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["prometheus.yml", "alerts.yml"] {
+            std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("targets")).unwrap();
+        let targets: Vec<Value> = targets
+            .iter()
+            .map(|(address, component)| {
+                json!({"targets": [address], "labels": {"component": component}})
+            })
+            .collect();
+        std::fs::write(
+            dir.path().join("targets/zingqueue.json"),
+            Value::Array(targets).to_string(),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let process = std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus runs: install Debian's prometheus (scripts/install-deps does)");
+        let prometheus = Prometheus {
+            process,
+            address,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&prometheus.address).is_err()
+            || http(&prometheus.address, "GET", "/-/ready", None, "").0 != 200
+        {
+            assert!(Instant::now() < deadline, "Prometheus never got ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    /// `GET /api/v1/<path>?<query>`'s `data`.
+    fn api(&self, path: &str, query: &str) -> Value {
+        let encoded: String = query
+            .bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (byte as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let (status, body) = http(
+            &self.address,
+            "GET",
+            &format!("/api/v1/{path}?query={encoded}"),
+            None,
+            "",
+        );
+        assert_eq!(status, 200, "{query}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["status"], "success", "{body}");
+        body["data"].clone()
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_system_with_the_shipped_configuration_and_fires_the_stop_alert() {
+    let servers = Servers::start();
+    let env = servers.env("3000");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_api, api) = run("api", &env);
+    let (_relay, _) = run("relay", &env);
+    let (_seat_lock, _) = run("seat-lock", &env);
+    let (payment, _) = run("payment", &env);
+    let (_notifier, _) = run("notifier", &env);
+    let (_projections, _) = run("projections", &env);
+    let prometheus = Prometheus::start(&[(api.as_str(), "api")]);
+    let client = Client { api: api.clone() };
+    let show = client.create_show(1, 10);
+    for seat in ["A-1-1", "A-1-2", "A-1-3"] {
+        let booking = client.book(&show, &[seat], "sim_ok", "scraped");
+        client.wait_for_status(&booking, "confirmed");
+    }
+    let wait = |what: &str, within: u64, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(within);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // The consumer lag Prometheus has is the series the dashboard shows.
+    let lag_query = r#"kafka_consumergroup_group_lag{group="payment"}"#;
+    wait("payment's lag scraped", 60, &|| {
+        !prometheus.api("query", lag_query)["result"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let scraped: std::collections::BTreeSet<String> = prometheus.api("query", lag_query)["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            format!(
+                "{}/{}",
+                series["metric"]["topic"].as_str().unwrap(),
+                series["metric"]["partition"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let look = support::first_dashboard_look(&api);
+    let shown: std::collections::BTreeSet<String> = look["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|group| group["group"] == "payment")
+        .flat_map(|group| group["partitions"].as_array().unwrap().clone())
+        .map(|p| format!("{}/{}", p["topic"].as_str().unwrap(), p["partition"]))
+        .collect();
+    assert_eq!(scraped, shown);
+    assert_eq!(shown.len(), 4, "{look:#}");
+    // Every panel of the Grafana board answers.
+    let board: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("infra/deploy/grafana/zingqueue.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in board["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            prometheus.api("query", target["expr"].as_str().unwrap());
+        }
+    }
+    // The payment service goes away: its group turns STOP, and the alert fires.
+    drop(payment);
+    wait("the STOP alert firing for payment", 120, &|| {
+        prometheus.api("alerts", "")["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|alert| {
+                alert["labels"]["alertname"] == "ZingQueueConsumerGroupStopped"
+                    && alert["labels"]["group"] == "payment"
+                    && alert["state"] == "firing"
+            })
+    });
+    let stopped = prometheus.api("alerts", "")["alerts"].clone();
+    assert!(
+        !stopped
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|alert| alert["labels"]["group"] == "seat-lock"),
+        "{stopped}"
+    );
+}

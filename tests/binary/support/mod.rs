@@ -127,11 +127,30 @@ pub fn http(
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let status = answer[9..12].parse().unwrap();
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
+}
+
+/// A chunked HTTP/1.1 body, joined.
+fn dechunk(mut body: &str) -> String {
+    let mut joined = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        joined.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    joined
 }
 
 /// The value of the series `name` whose labels include `labels`, in a Prometheus text page.
@@ -149,4 +168,29 @@ pub fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
             (series_name == name && wanted).then(|| value.parse().ok())?
         })
+}
+
+/// The first `snapshot` event of `GET /dashboard/events`.
+pub fn first_dashboard_look(api: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        stream,
+        "GET /dashboard/events HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let lines = BufReader::new(stream).lines();
+    for line in lines {
+        let line = line.expect("the stream stays open");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let look: serde_json::Value = serde_json::from_str(data).unwrap();
+            if !look.is_null() {
+                return look;
+            }
+        }
+    }
+    panic!("the dashboard stream ended without a look");
 }

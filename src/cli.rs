@@ -44,6 +44,17 @@ pub struct GlobalArgs {
     )]
     pub listen: std::net::SocketAddr,
 
+    /// Address where a component run on its own (`run relay|seat-lock|payment|notifier|
+    /// projections`) serves GET /metrics (port 0: any free port; printed at start). The API
+    /// and `up` serve /metrics on their API address.
+    #[arg(
+        long,
+        env = "ZQ_METRICS_LISTEN",
+        default_value = "127.0.0.1:0",
+        global = true
+    )]
+    pub metrics_listen: std::net::SocketAddr,
+
     /// The admin bearer token. The embedded `up` generates one when unset (written to
     /// <data-dir>/admin-token, mode 0600); in real mode every process refuses to start without it.
     #[arg(long, env = "ZQ_ADMIN_TOKEN", global = true, hide_env_values = true)]

@@ -330,6 +330,7 @@ async fn run_once(
         database_url: Some(database_url),
         kafka_brokers: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: Some(ADMIN_TOKEN.to_string()),
         partitions: global.partitions,
         services: ServiceArgs {

@@ -88,3 +88,22 @@ pub fn kafka_watch(brokers: &str) -> booking_api::monitor::KafkaWatch {
             .to_vec(),
     }
 }
+
+/// Serve GET /metrics on `global.metrics_listen` for a component run on its own, until the
+/// process ends; prints `metrics: http://ADDRESS/metrics`.
+pub async fn serve_metrics(global: &GlobalArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(global.metrics_listen)
+        .await
+        .with_context(|| format!("listening for /metrics on {}", global.metrics_listen))?;
+    println!("metrics: http://{}/metrics", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(booking_api::observability::metrics),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "serving /metrics stopped");
+        }
+    });
+    Ok(())
+}

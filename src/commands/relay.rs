@@ -15,6 +15,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         location.display_url(),
         global.partitions
     );
+    super::serve_metrics(global).await?;
     super::run_relay(
         global,
         store.clone(),

@@ -229,6 +229,7 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
         "{name}: consuming zq.booking-events on {brokers}, store {}",
         location.display_url()
     );
+    super::serve_metrics(global).await?;
     let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));
     service.run(admin.as_ref(), shutdown).await?;
     store.close().await;
@@ -257,7 +258,31 @@ async fn run_projections(global: &GlobalArgs) -> anyhow::Result<()> {
         "projections: keeping the read models on {}",
         location.display_url()
     );
+    export_projector_stats(projector.stats());
+    super::serve_metrics(global).await?;
     projector.run(super::interrupted()).await?;
     store.close().await;
     Ok(())
+}
+
+/// The projector's counters as `zq_projection_*_total{projection}` (read at each render).
+pub fn export_projector_stats(stats: std::sync::Arc<projections::runner::ProjectorStats>) {
+    let Some(metrics) = infra::metrics::install() else {
+        return;
+    };
+    metrics.add_source(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let labels = [("projection", projections::READ_MODELS)];
+        let set = |name: &'static str, value: u64| metrics::counter!(name, &labels).absolute(value);
+        set("zq_projection_events_total", stats.applied.load(Relaxed));
+        set("zq_projection_batches_total", stats.batches.load(Relaxed));
+        set(
+            "zq_projection_unknown_types_total",
+            stats.unknown_types.load(Relaxed),
+        );
+        set(
+            "zq_projection_undecodable_total",
+            stats.undecodable.load(Relaxed),
+        );
+    });
 }

@@ -91,6 +91,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let projector = projections::ProjectorThread::start(location.url(), store.head_hint())
         .await
         .context("starting the projector")?;
+    services::export_projector_stats(projector.stats());
 
     // Written before anything is printed, so that whoever reads the printout finds it.
     if embedded {

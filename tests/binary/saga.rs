@@ -1284,12 +1284,28 @@ fn prometheus_scrapes_the_system_with_the_shipped_configuration_and_fires_the_st
     let env = servers.env("3000");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (_api, api) = run("api", &env);
-    let (_relay, _) = run("relay", &env);
-    let (_seat_lock, _) = run("seat-lock", &env);
-    let (payment, _) = run("payment", &env);
-    let (_notifier, _) = run("notifier", &env);
-    let (_projections, _) = run("projections", &env);
-    let prometheus = Prometheus::start(&[(api.as_str(), "api")]);
+    // Every other component serves its own /metrics (the address it prints).
+    let with_metrics = |component: &str| {
+        let (running, line) = spawn_until(&["run", component], &env, "metrics:");
+        let address = line
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string();
+        (running, address)
+    };
+    let (_relay, relay) = with_metrics("relay");
+    let (_seat_lock, seat_lock) = with_metrics("seat-lock");
+    let (payment, payment_metrics) = with_metrics("payment");
+    let (_notifier, notifier) = with_metrics("notifier");
+    let (_projections, projections) = with_metrics("projections");
+    let prometheus = Prometheus::start(&[
+        (api.as_str(), "api"),
+        (relay.as_str(), "relay"),
+        (seat_lock.as_str(), "seat-lock"),
+        (payment_metrics.as_str(), "payment"),
+        (notifier.as_str(), "notifier"),
+        (projections.as_str(), "projections"),
+    ]);
     let client = Client { api: api.clone() };
     let show = client.create_show(1, 10);
     for seat in ["A-1-1", "A-1-2", "A-1-3"] {
@@ -1303,6 +1319,18 @@ fn prometheus_scrapes_the_system_with_the_shipped_configuration_and_fires_the_st
             std::thread::sleep(Duration::from_millis(500));
         }
     };
+    // Every component is scraped.
+    wait("every target up", 60, &|| {
+        let targets = prometheus.api("targets", "")["activeTargets"].clone();
+        let targets = targets.as_array().unwrap();
+        targets.len() == 6 && targets.iter().all(|target| target["health"] == "up")
+    });
+    let processed = prometheus.api("query", "sum by (group) (zq_records_processed_total)");
+    assert_eq!(
+        processed["result"].as_array().unwrap().len(),
+        3,
+        "each service's own counters: {processed}"
+    );
     // The consumer lag Prometheus has is the series the dashboard shows.
     let lag_query = r#"kafka_consumergroup_group_lag{group="payment"}"#;
     wait("payment's lag scraped", 60, &|| {

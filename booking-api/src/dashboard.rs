@@ -3,9 +3,10 @@
 //! chart library (uPlot, from npm, MIT) is vendored in `booking-api/assets/uplot/` and served
 //! from the binary: the page needs no internet.
 //!
-//! The snapshot comes from the database and the broker (see [`crate::monitor`]), so the page
-//! shows every component wherever it runs; only the failure rates come from the services
-//! running in the same process as the API (`zingqueue up`).
+//! The snapshot comes from the database and the broker (see [`crate::monitor`]): lag and
+//! offsets from the broker, heartbeats and each member's counters (the failure rates) from
+//! `zq_consumer_progress` and `zq_consumer_members`, dead letters and the funnel from the
+//! store. The page shows every component wherever it runs.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -61,7 +61,7 @@ pub struct Snapshot {
     pub groups: Vec<GroupView>,
     pub dead_letters: Vec<DlqDepth>,
     pub funnel: BTreeMap<&'static str, u64>,
-    /// The services running in this process, with their counters (empty for `run api`).
+    /// Each service's counters, summed over its members (from their heartbeats).
     pub services: Vec<ServiceCounters>,
 }
 
@@ -252,21 +252,25 @@ impl Monitor {
         self.dead_letters().await?;
         self.count_funnel(head).await?;
         self.consumer_lag().await?;
-        self.snapshot.services = infra::metrics::consumer_stats()
-            .into_iter()
-            .map(|(group, stats)| {
-                let get = |counter: &std::sync::atomic::AtomicU64| {
-                    counter.load(std::sync::atomic::Ordering::Relaxed)
-                };
-                ServiceCounters {
-                    group,
-                    processed: get(&stats.processed),
-                    failed: get(&stats.failed),
-                    retried: get(&stats.retried),
-                    dead_lettered: get(&stats.dead_lettered),
-                }
-            })
-            .collect();
+        // Every member's counters, wherever it runs, summed per group (a restarted member's
+        // old row keeps its totals, so the sums only grow).
+        let mut services: BTreeMap<String, ServiceCounters> = BTreeMap::new();
+        for member in self.store.member_counters().await? {
+            let service = services
+                .entry(member.group.clone())
+                .or_insert_with(|| ServiceCounters {
+                    group: member.group.clone(),
+                    processed: 0,
+                    failed: 0,
+                    retried: 0,
+                    dead_lettered: 0,
+                });
+            service.processed += member.processed;
+            service.failed += member.failed;
+            service.retried += member.retried;
+            service.dead_lettered += member.dead_lettered;
+        }
+        self.snapshot.services = services.into_values().collect();
         if let Some(published) = &self.published {
             published.send_replace(Some(self.snapshot.clone()));
         }

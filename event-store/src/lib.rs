@@ -47,7 +47,8 @@ pub use event::{
     RecordedEvent, StreamAppend,
 };
 pub use ops::{
-    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus,
+    MemberCounters, NewDeadLetter,
 };
 pub use postgres::PostgresEventStore;
 pub use sqlite::SqliteEventStore;

@@ -129,6 +129,18 @@ pub struct DeadLetterCount {
     pub count: u64,
 }
 
+/// A consumer group member's counters since it started (saved with its heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberCounters {
+    pub group: String,
+    pub member: String,
+    pub processed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
 /// One group's progress on one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerProgress {
@@ -151,7 +163,7 @@ macro_rules! operations {
         use crate::error::StoreError;
         use crate::event::Position;
         use crate::ops::{
-            ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+            ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, MemberCounters, NewDeadLetter,
         };
         use crate::row::{from_i64, to_i64};
 
@@ -444,6 +456,57 @@ macro_rules! operations {
             }
             tx.commit().await?;
             Ok(())
+        }
+
+        pub(crate) async fn save_member_counters(
+            pool: &$pool,
+            counters: &MemberCounters,
+        ) -> Result<(), StoreError> {
+            let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            sqlx::query(
+                "INSERT INTO zq_consumer_members \
+                 (group_name, member, processed, failed, retried, dead_lettered, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (group_name, member) DO UPDATE SET \
+                 processed = excluded.processed, failed = excluded.failed, \
+                 retried = excluded.retried, dead_lettered = excluded.dead_lettered, \
+                 heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(&counters.group)
+            .bind(&counters.member)
+            .bind(count(counters.processed))
+            .bind(count(counters.failed))
+            .bind(count(counters.retried))
+            .bind(count(counters.dead_lettered))
+            .bind(counters.heartbeat_at)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn member_counters(
+            pool: &$pool,
+        ) -> Result<Vec<MemberCounters>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT group_name, member, processed, failed, retried, dead_lettered, \
+                 heartbeat_at FROM zq_consumer_members ORDER BY group_name, member",
+            )
+            .fetch_all(pool)
+            .await?;
+            let count = |value: i64| u64::try_from(value).unwrap_or(0);
+            rows.iter()
+                .map(|row| {
+                    Ok(MemberCounters {
+                        group: row.try_get("group_name")?,
+                        member: row.try_get("member")?,
+                        processed: count(row.try_get("processed")?),
+                        failed: count(row.try_get("failed")?),
+                        retried: count(row.try_get("retried")?),
+                        dead_lettered: count(row.try_get("dead_lettered")?),
+                        heartbeat_at: row.try_get("heartbeat_at")?,
+                    })
+                })
+                .collect()
         }
 
         pub(crate) async fn consumer_progress(

@@ -25,7 +25,8 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::ops::{
-    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus,
+    MemberCounters, NewDeadLetter,
 };
 use crate::plan::{PlannedRow, StoredEventRef, plan_batch};
 use crate::row::{EventRow, from_i64, recorded_events, to_i64};
@@ -284,6 +285,14 @@ impl EventStore for SqliteEventStore {
 
     async fn dead_letter_counts(&self) -> Result<Vec<DeadLetterCount>, StoreError> {
         operations::dead_letter_counts(&self.pool).await
+    }
+
+    async fn save_member_counters(&self, counters: &MemberCounters) -> Result<(), StoreError> {
+        operations::save_member_counters(&self.side_writes, counters).await
+    }
+
+    async fn member_counters(&self) -> Result<Vec<MemberCounters>, StoreError> {
+        operations::member_counters(&self.pool).await
     }
 }
 

@@ -6,7 +6,8 @@ use tokio::sync::watch;
 use crate::error::StoreError;
 use crate::event::{AppendResult, Position, RecordedEvent, StreamAppend};
 use crate::ops::{
-    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus, NewDeadLetter,
+    ConsumerProgress, DeadLetter, DeadLetterCount, DeadLetterQuery, DeadLetterStatus,
+    MemberCounters, NewDeadLetter,
 };
 
 #[async_trait]
@@ -117,4 +118,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Dead letters counted by group, cause and status.
     async fn dead_letter_counts(&self) -> Result<Vec<DeadLetterCount>, StoreError>;
+
+    /// Save a consumer group member's counters (with its heartbeat).
+    async fn save_member_counters(&self, counters: &MemberCounters) -> Result<(), StoreError>;
+
+    /// Every member's latest counters.
+    async fn member_counters(&self) -> Result<Vec<MemberCounters>, StoreError>;
 }

@@ -51,6 +51,7 @@ on_both_backends!(
     checkpoints_only_move_forward,
     many_stores_opening_one_new_database_at_once_all_succeed,
     a_dead_letter_is_kept_once_and_redriven_once,
+    a_members_counters_are_kept_per_group_and_member,
     consumer_progress_moves_forward_and_heartbeats_always,
 );
 
@@ -766,5 +767,40 @@ async fn consumer_progress_moves_forward_and_heartbeats_always(backend: Backend)
     assert_eq!(
         store.consumer_progress().await.unwrap(),
         vec![at(12, "b", 6)]
+    );
+}
+
+async fn a_members_counters_are_kept_per_group_and_member(backend: Backend) {
+    use event_store::MemberCounters;
+    let db = TestDatabase::new(backend);
+    let store = db.open().await;
+    let at = |seconds: i64| {
+        chrono::DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a valid time")
+    };
+    let counters = |member: &str, processed: u64, at| MemberCounters {
+        group: "payment".into(),
+        member: member.into(),
+        processed,
+        failed: processed / 2,
+        retried: processed / 3,
+        dead_lettered: 1,
+        heartbeat_at: at,
+    };
+    store
+        .save_member_counters(&counters("a", 10, at(0)))
+        .await
+        .unwrap();
+    store
+        .save_member_counters(&counters("b", 4, at(1)))
+        .await
+        .unwrap();
+    // The next heartbeat of `a` replaces its row.
+    store
+        .save_member_counters(&counters("a", 30, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.member_counters().await.unwrap(),
+        vec![counters("a", 30, at(2)), counters("b", 4, at(1))]
     );
 }

@@ -87,14 +87,7 @@ impl Metrics {
     }
 }
 
-/// The consumer groups running in this process, with their counters (for the dashboard).
-pub fn consumer_stats() -> Vec<(String, Arc<ConsumerStats>)> {
-    CONSUMERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-}
-
+/// The consumer groups running in this process, with their counters.
 static CONSUMERS: Mutex<Vec<(String, Arc<ConsumerStats>)>> = Mutex::new(Vec::new());
 
 /// A failure a handler retries by itself (the payment service retries a charge inside the

@@ -219,6 +219,20 @@ async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
     }
     let points = eval(&client, "window.zqDash.charts.lag.data[0].length").await;
     assert!(points.as_u64().unwrap_or(0) >= 3, "{points}");
+    // The hot show's partition has its own series, back at zero too.
+    let partitions = eval(
+        &client,
+        "Object.entries(window.zqDash.partitions).map(([k, s]) => [k, Math.max(...s.filter(v => v !== null)), s[s.length - 1]])",
+    )
+    .await;
+    let partitions = partitions.as_array().unwrap();
+    assert!(!partitions.is_empty());
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p[1].as_f64() > Some(0.0) && p[2].as_f64() == Some(0.0)),
+        "{partitions:?}"
+    );
     client.close().await.unwrap();
     interrupt(up);
 }

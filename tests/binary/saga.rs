@@ -1362,6 +1362,16 @@ fn prometheus_scrapes_the_system_with_the_shipped_configuration_and_fires_the_st
         .collect();
     assert_eq!(scraped, shown);
     assert_eq!(shown.len(), 4, "{look:#}");
+    // The services' counters reach the API's dashboard from their own processes (heartbeats).
+    let services = look["services"].as_array().unwrap();
+    for group in ["seat-lock", "payment", "notifier"] {
+        assert!(
+            services
+                .iter()
+                .any(|s| s["group"] == group && s["processed"].as_u64() >= Some(3)),
+            "{group}: {look:#}"
+        );
+    }
     // Every panel of the Grafana board answers.
     let board: Value = serde_json::from_str(
         &std::fs::read_to_string(

@@ -665,6 +665,19 @@ async fn save_progress(store: &dyn EventStore, shared: &WorkerShared, config: &C
     if let Err(error) = store.save_consumer_progress(&rows).await {
         warn!(%error, "saving consumer progress failed");
     }
+    let counter = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+    let counters = event_store::MemberCounters {
+        group: config.group.clone(),
+        member: config.member.clone(),
+        processed: counter(&shared.stats.processed),
+        failed: counter(&shared.stats.failed),
+        retried: counter(&shared.stats.retried),
+        dead_lettered: counter(&shared.stats.dead_lettered),
+        heartbeat_at: Utc::now(),
+    };
+    if let Err(error) = store.save_member_counters(&counters).await {
+        warn!(%error, "saving the member's counters failed");
+    }
     if config.track_watermark.is_some()
         && let Err(error) = store
             .save_checkpoint(&watermark_checkpoint(&config.group), watermark)

@@ -14,8 +14,9 @@
 //!   `…_group_offset`, `…_group_max_lag`, `…_group_sum_lag`, `kafka_partition_latest_offset`,
 //!   `kafka_partition_earliest_offset`, with `cluster_name="zingqueue"`), and each group's
 //!   Burrow-style status as `zq_consumer_group_status{group,status}` (1 for the current one),
-//!   STOP meaning no member has sent a heartbeat (`zq_consumer_progress`) for
-//!   [`HEARTBEAT_FRESH`]. See `infra::consumer::lag`.
+//!   STOP meaning no member has sent a heartbeat (`zq_consumer_members`) for
+//!   [`HEARTBEAT_FRESH`]; `zq_lag_probe_up` is 0 while the broker does not answer. See
+//!   `infra::consumer::lag`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct KafkaWatch {
 
 /// Events per read while following the log for the funnel.
 const FUNNEL_BATCH: usize = 5_000;
+/// Reads per look (a long log is counted over several looks).
+const FUNNEL_BATCHES_PER_LOOK: usize = 20;
 
 /// What the dashboard shows: one look at the whole system.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -295,30 +298,38 @@ impl Monitor {
         let samples = match sampled {
             Ok((probe, sampled)) => {
                 kafka.probe = Some(probe);
-                match sampled {
-                    Ok(samples) => samples,
-                    Err(error) => {
-                        warn!(%error, "the monitor could not read the consumer groups' offsets");
-                        return Ok(());
-                    }
-                }
+                sampled.map_err(|error| error.to_string())
             }
             Err(error) => {
                 // The probe panicked: start a new one next time.
-                warn!(%error, "the lag probe failed");
                 kafka.probe = Some(LagProbe::new(&kafka.watch.brokers));
+                Err(error.to_string())
+            }
+        };
+        let samples = match samples {
+            Ok(samples) => {
+                gauge!("zq_lag_probe_up").set(1.0);
+                samples
+            }
+            Err(error) => {
+                // No figures rather than old ones: the dashboard shows no groups, and
+                // `zq_lag_probe_up` says why the lag series stopped.
+                warn!(%error, "the monitor could not read the consumer groups' offsets");
+                gauge!("zq_lag_probe_up").set(0.0);
+                self.snapshot.groups.clear();
                 return Ok(());
             }
         };
         let fresh_since = Utc::now()
             - chrono::Duration::from_std(HEARTBEAT_FRESH).unwrap_or(chrono::Duration::zero());
-        let progress = self.store.consumer_progress().await?;
+        // Every member beats every second (with its counters), partitions or not.
+        let members = self.store.member_counters().await?;
         let now = std::time::Instant::now();
         let mut groups = Vec::new();
         for (group, group_samples) in &samples {
-            let alive = progress
+            let alive = members
                 .iter()
-                .any(|row| row.group == *group && row.heartbeat_at >= fresh_since);
+                .any(|member| member.group == *group && member.heartbeat_at >= fresh_since);
             let lags = kafka
                 .tracker
                 .observe(group, &kafka.watch.topic, group_samples, alive, now);
@@ -380,7 +391,11 @@ impl Monitor {
     }
 
     async fn count_funnel(&mut self, head: Position) -> Result<(), StoreError> {
-        while self.counted_through < head {
+        // A long log is counted over several looks, so that the other figures keep coming.
+        for _ in 0..FUNNEL_BATCHES_PER_LOOK {
+            if self.counted_through >= head {
+                break;
+            }
             let events = self
                 .store
                 .read_all(self.counted_through, FUNNEL_BATCH)

@@ -107,15 +107,31 @@ pub fn count_handler_failure(group: &str, retried: bool) {
 
 /// Export a consumer group's counters (see [`ConsumerStats`]) as `zq_records_*_total{group}`.
 pub fn export_consumer_stats(group: &str, stats: Arc<ConsumerStats>) {
-    CONSUMERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push((group.to_string(), stats.clone()));
+    {
+        let mut consumers = CONSUMERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match consumers.iter_mut().find(|(name, _)| name == group) {
+            // The group runs again in this process: its newest counters are the ones to show
+            // (one source per group, or two would set the same series).
+            Some(entry) => {
+                entry.1 = stats;
+                return;
+            }
+            None => consumers.push((group.to_string(), stats)),
+        }
+    }
     let Some(metrics) = install() else {
         return;
     };
     let group = group.to_string();
     metrics.add_source(move || {
+        let consumers = CONSUMERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((_, stats)) = consumers.iter().find(|(name, _)| *name == group) else {
+            return;
+        };
         let set = |name: &'static str, value: &AtomicU64| {
             counter!(name, "group" => group.clone()).absolute(value.load(Ordering::Relaxed));
         };
@@ -195,6 +211,11 @@ fn describe() {
         "zq_projection_lag_seconds",
         Unit::Seconds,
         "Age of the oldest event not yet in a projection's read models (0 when none)"
+    );
+    describe_gauge!(
+        "zq_lag_probe_up",
+        Unit::Count,
+        "1 while the monitor reads the consumer groups' offsets from the broker, 0 when it cannot"
     );
     describe_gauge!(
         "zq_dlq_depth",

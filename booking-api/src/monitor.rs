@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::event::event_types;
-use event_store::{DeadLetterStatus, EventStore, Position, StoreError};
+use event_store::{DeadLetterStatus, EventStore, MemberCounters, Position, StoreError};
 use infra::consumer::lag::{GroupStatus, LagProbe, LagTracker, PartitionLag, group_status};
 use metrics::{counter, gauge};
 use serde::Serialize;
@@ -254,11 +254,14 @@ impl Monitor {
         }
         self.dead_letters().await?;
         self.count_funnel(head).await?;
-        self.consumer_lag().await?;
+        // Every member's heartbeat and counters: liveness for the lag statuses, and the
+        // services' counters.
+        let members = self.store.member_counters().await?;
+        self.consumer_lag(&members).await?;
         // Every member's counters, wherever it runs, summed per group (a restarted member's
         // old row keeps its totals, so the sums only grow).
         let mut services: BTreeMap<String, ServiceCounters> = BTreeMap::new();
-        for member in self.store.member_counters().await? {
+        for member in members {
             let service = services
                 .entry(member.group.clone())
                 .or_insert_with(|| ServiceCounters {
@@ -281,7 +284,7 @@ impl Monitor {
     }
 
     /// Lag and status of every watched group (nothing without a broker to watch).
-    async fn consumer_lag(&mut self) -> Result<(), StoreError> {
+    async fn consumer_lag(&mut self, members: &[MemberCounters]) -> Result<(), StoreError> {
         let Some(kafka) = &mut self.kafka else {
             return Ok(());
         };
@@ -322,8 +325,6 @@ impl Monitor {
         };
         let fresh_since = Utc::now()
             - chrono::Duration::from_std(HEARTBEAT_FRESH).unwrap_or(chrono::Duration::zero());
-        // Every member beats every second (with its counters), partitions or not.
-        let members = self.store.member_counters().await?;
         let now = std::time::Instant::now();
         let mut groups = Vec::new();
         for (group, group_samples) in &samples {

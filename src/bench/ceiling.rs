@@ -94,6 +94,29 @@ pub fn pgbench_rows_per_second(
     Ok(tps * f64::from(rows_per_transaction))
 }
 
+/// `runs` pgbench measurements of [`pgbench_rows_per_second`] (pgbench blocks, so each runs
+/// off the async workers).
+pub async fn pgbench_runs(
+    url: &str,
+    runs: u16,
+    seconds: u64,
+    clients: usize,
+    rows_per_transaction: u32,
+    scratch: &Path,
+) -> anyhow::Result<super::Figure> {
+    let mut measured = Vec::new();
+    for _ in 0..runs {
+        let (url, scratch) = (url.to_string(), scratch.to_path_buf());
+        measured.push(
+            tokio::task::spawn_blocking(move || {
+                pgbench_rows_per_second(&url, clients, seconds, rows_per_transaction, &scratch)
+            })
+            .await??,
+        );
+    }
+    Ok(super::Figure::new(measured))
+}
+
 /// Rows per second `psql \copy` reads the whole log in position order, writing it to /dev/null.
 pub fn psql_copy_rows_per_second(url: &str, rows: u64) -> anyhow::Result<f64> {
     let copy = "\\copy (SELECT position, event_id, stream_id, stream_version, event_type, data, \

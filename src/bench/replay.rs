@@ -44,23 +44,15 @@ pub async fn run(args: ReplayBenchArgs) -> anyhow::Result<()> {
             let events = fill(url, args.events, "postgres").await?;
             let ours = rebuilds(url, &args).await?;
             ceiling::prepare_postgres(url).await?;
-            let mut raw = Vec::new();
-            for _ in 0..args.runs {
-                let (url, scratch) = (url.clone(), scratch.path().to_path_buf());
-                let seconds = args.seconds;
-                raw.push(
-                    tokio::task::spawn_blocking(move || {
-                        ceiling::pgbench_rows_per_second(&url, 1, seconds, 100, &scratch)
-                    })
-                    .await??,
-                );
-            }
+            // A rebuild is one sequential writer: the ceiling is one pgbench client.
+            let raw =
+                ceiling::pgbench_runs(url, args.runs, args.seconds, 1, 100, scratch.path()).await?;
             comparisons.push(Comparison {
                 backend: "postgres",
                 what: format!("full rebuild of the read models over {events} events (events/s)"),
                 ours,
                 ceiling_name: "pgbench",
-                ceiling: Figure::new(raw),
+                ceiling: raw,
                 target: Some(0.5),
                 latency: None,
             });

@@ -75,7 +75,7 @@ async fn postgres(
 
     for writers in args.writers.iter().copied().map(usize::from) {
         let (ours, latency) = repeat_appends(&store, args, writers, 1, "postgres").await?;
-        let raw = pgbench_runs(url, args, writers, 1, scratch).await?;
+        let raw = ceiling::pgbench_runs(url, args.runs, args.seconds, writers, 1, scratch).await?;
         comparisons.push(Comparison {
             backend: "postgres",
             what: format!("one-event appends, {writers} concurrent writers (appends/s)"),
@@ -89,7 +89,7 @@ async fn postgres(
 
     let writers = usize::from(args.batch_writers);
     let (ours, latency) = repeat_appends(&store, args, writers, 100, "postgres").await?;
-    let raw = pgbench_runs(url, args, writers, 100, scratch).await?;
+    let raw = ceiling::pgbench_runs(url, args.runs, args.seconds, writers, 100, scratch).await?;
     comparisons.push(Comparison {
         backend: "postgres",
         what: format!("100-event appends, {writers} concurrent writers (events/s)"),
@@ -120,33 +120,6 @@ async fn postgres(
         latency: None,
     });
     Ok(comparisons)
-}
-
-/// `args.runs` pgbench measurements (pgbench blocks, so each runs off the async workers).
-async fn pgbench_runs(
-    url: &str,
-    args: &StoreBenchArgs,
-    clients: usize,
-    rows_per_transaction: u32,
-    scratch: &Path,
-) -> anyhow::Result<Figure> {
-    let mut runs = Vec::new();
-    for _ in 0..args.runs {
-        let (url, scratch, seconds) = (url.to_string(), scratch.to_path_buf(), args.seconds);
-        runs.push(
-            tokio::task::spawn_blocking(move || {
-                ceiling::pgbench_rows_per_second(
-                    &url,
-                    clients,
-                    seconds,
-                    rows_per_transaction,
-                    &scratch,
-                )
-            })
-            .await??,
-        );
-    }
-    Ok(Figure::new(runs))
 }
 
 async fn sqlite(args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<Vec<Comparison>> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
-use support::{http, interrupt, spawn_until};
+use support::{Running, interrupt, spawn_until};
 
 const ADMIN: &str = "dashboard-test-admin-token";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -106,21 +106,29 @@ async fn until(client: &Client, expression: &str, within: Duration) {
 }
 
 fn request(api: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = http(api, method, path, Some(ADMIN), &body.to_string());
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    support::json_request(api, method, path, Some(ADMIN), body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
-    let (_driver, port) = start_chromedriver();
+/// `zingqueue up` (embedded, with `settings` on top of the test's own) and a browser on its
+/// dashboard, once the page has had its first look.
+struct Session {
+    up: Running,
+    api: String,
+    client: Client,
+    _driver: Driver,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn open_dashboard(settings: &[(&str, &str)]) -> Session {
+    let (driver, port) = start_chromedriver();
     let data = tempfile::tempdir().unwrap();
-    let env = [
+    let mut env = vec![
         ("ZQ_DATA_DIR", data.path().to_str().unwrap()),
         ("ZQ_LISTEN", "127.0.0.1:0"),
         ("ZQ_ADMIN_TOKEN", ADMIN),
-        ("ZQ_PAYMENT_LATENCY_MS", "20"),
         ("RUST_LOG", "error"),
     ];
+    env.extend_from_slice(settings);
     let (up, api) = spawn_until(&["up"], &env, "api:");
     let api = api.trim_start_matches("http://").to_string();
     let profile = tempfile::tempdir().unwrap();
@@ -129,20 +137,45 @@ async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
         .goto(&format!("http://{api}/dashboard"))
         .await
         .unwrap();
-    until(&client, "window.zqDash.looks >= 2", Duration::from_secs(30)).await;
+    until(&client, "window.zqDash.looks >= 1", Duration::from_secs(30)).await;
+    Session {
+        up,
+        api,
+        client,
+        _driver: driver,
+        _dirs: [data, profile],
+    }
+}
 
-    // A sale: 1,500 bookings of their own seats, from 6 clients at once.
+/// A show of one section `A` of `rows` rows of 100 seats; its id.
+fn create_show(api: &str, name: &str, rows: u32) -> String {
     let (status, body) = request(
-        &api,
+        api,
         "POST",
         "/shows",
         &json!({
-            "name": "Dashboard Live", "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
-            "sections": [{"name": "A", "rows": 15, "seats_per_row": 100, "price_cents": 4500}]
+            "name": name, "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
+            "sections": [{"name": "A", "rows": rows, "seats_per_row": 100, "price_cents": 4500}]
         }),
     );
     assert_eq!(status, 201, "{body}");
-    let show = body["show_id"].as_str().unwrap().to_string();
+    body["show_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
+    // Bound by name: the driver and folders must live as long as the test.
+    let Session {
+        up,
+        api,
+        client,
+        _driver,
+        _dirs,
+    } = open_dashboard(&[("ZQ_PAYMENT_LATENCY_MS", "20")]).await;
+    until(&client, "window.zqDash.looks >= 2", Duration::from_secs(30)).await;
+
+    // A sale: 1,500 bookings of their own seats, from 6 clients at once.
+    let show = create_show(&api, "Dashboard Live", 15);
     let clients: Vec<_> = (0..6u32)
         .map(|client| {
             let (api, show) = (api.clone(), show.clone());
@@ -239,39 +272,22 @@ async fn the_dashboard_charts_a_sale_and_its_lag_going_back_to_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_failure_rate_shown_rises_when_half_the_charges_fail_transiently() {
-    let (_driver, port) = start_chromedriver();
-    let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("ZQ_DATA_DIR", data.path().to_str().unwrap()),
-        ("ZQ_LISTEN", "127.0.0.1:0"),
-        ("ZQ_ADMIN_TOKEN", ADMIN),
+    // Bound by name: the driver and folders must live as long as the test.
+    let Session {
+        up,
+        api,
+        client,
+        _driver,
+        _dirs,
+    } = open_dashboard(&[
         // Half the charge attempts fail transiently; retried soon, and often enough to end.
         ("ZQ_PAYMENT_TRANSIENT_RATE", "0.5"),
         ("ZQ_PAYMENT_DECLINE_RATE", "0"),
         ("ZQ_PAYMENT_RETRY_BASE_MS", "5"),
         ("ZQ_PAYMENT_MAX_ATTEMPTS", "20"),
-        ("RUST_LOG", "error"),
-    ];
-    let (up, api) = spawn_until(&["up"], &env, "api:");
-    let api = api.trim_start_matches("http://").to_string();
-    let profile = tempfile::tempdir().unwrap();
-    let client = browser(port, profile.path()).await;
-    client
-        .goto(&format!("http://{api}/dashboard"))
-        .await
-        .unwrap();
-    until(&client, "window.zqDash.looks >= 1", Duration::from_secs(30)).await;
-    let (status, body) = request(
-        &api,
-        "POST",
-        "/shows",
-        &json!({
-            "name": "Flaky Payments Live", "starts_at": "2027-05-01T20:00:00Z", "currency": "EUR",
-            "sections": [{"name": "A", "rows": 4, "seats_per_row": 100, "price_cents": 4500}]
-        }),
-    );
-    assert_eq!(status, 201, "{body}");
-    let show = body["show_id"].as_str().unwrap().to_string();
+    ])
+    .await;
+    let show = create_show(&api, "Flaky Payments Live", 4);
     let booker = std::thread::spawn({
         let api = api.clone();
         move || {

@@ -25,13 +25,7 @@ fn up(data_dir: &std::path::Path) -> (Running, String) {
 }
 
 fn request(api: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let (status, text) = http(api, method, path, Some(ADMIN), &body);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    support::json_request(api, method, path, Some(ADMIN), body)
 }
 
 fn create_show(api: &str, rows: u32, seats_per_row: u32) -> String {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use event_store::Position;
 use projections::{READ_MODELS, ReadModelDb, TableRows, TableSet};
 use serde_json::{Value, json};
-use support::{http, interrupt, spawn_until, text, zingqueue};
+use support::{interrupt, spawn_until, text, zingqueue};
 
 const ADMIN: &str = "replay-test-admin-token";
 
@@ -289,13 +289,7 @@ fn wait_until_quiet(
 }
 
 fn request(api: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let (status, text) = http(api, method, path, Some(ADMIN), &body);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    support::json_request(api, method, path, Some(ADMIN), body)
 }
 
 /// A small xorshift generator: the workload is reproducible from its printed seed.

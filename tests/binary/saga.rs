@@ -88,13 +88,7 @@ struct Client {
 
 impl Client {
     fn request(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let body = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let (status, text) = http(&self.api, method, path, token, &body);
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        support::json_request(&self.api, method, path, token, body)
     }
 
     fn create_show(&self, rows: u32, seats_per_row: u32) -> String {

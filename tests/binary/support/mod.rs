@@ -139,6 +139,27 @@ pub fn http(
     (status, body)
 }
 
+/// One exchange with a JSON body (none for `null`) and a JSON answer (`null` when it is not
+/// JSON): (status, answer).
+pub fn json_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http(address, method, path, token, &body);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// A chunked HTTP/1.1 body, joined.
 fn dechunk(mut body: &str) -> String {
     let mut joined = String::new();

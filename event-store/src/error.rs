@@ -57,19 +57,23 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
-            StoreError::Database(error) => match error {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(error) => {
-                    error.code().is_some_and(|code| transient_code(&code))
-                }
-                _ => false,
-            },
+            StoreError::Database(error) => is_transient_sqlx(error),
             _ => false,
         }
+    }
+}
+
+/// True for database errors worth retrying as they are: the server went away, is restarting or
+/// busy, a pool timed out. Shared by the store and the read models (same databases).
+pub fn is_transient_sqlx(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
     }
 }
 

@@ -41,7 +41,7 @@ pub mod store;
 pub mod subscription;
 pub mod writer;
 
-pub use error::{DecodeError, StoreError};
+pub use error::{DecodeError, StoreError, is_transient_sqlx};
 pub use event::{
     AppendResult, AppendedStream, EventMetadata, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamAppend,
@@ -56,6 +56,13 @@ pub use store::EventStore;
 pub use subscription::Subscription;
 
 use std::sync::Arc;
+
+/// How long a read waits for a pooled connection before it fails (transiently). Short, because
+/// a database that is down makes sqlx retry its connect until this runs out: the API must answer
+/// `503` within a second then, not hang, and the components back off and retry on their own.
+/// A pool this busy for this long is overload, which deserves a `503` too. Shared by the read
+/// models' pool.
+pub const POOL_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Open the store a database URL names (`postgres://…` or `sqlite://…`), creating or migrating its
 /// schema.

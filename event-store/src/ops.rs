@@ -458,6 +458,18 @@ macro_rules! operations {
             Ok(())
         }
 
+        pub(crate) async fn next_generation(pool: &$pool, name: &str) -> Result<u64, StoreError> {
+            let generation: i64 = sqlx::query_scalar(
+                "INSERT INTO zq_generations (name, generation) VALUES ($1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET generation = zq_generations.generation + 1 \
+                 RETURNING generation",
+            )
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
+            Ok(u64::try_from(generation).unwrap_or(0))
+        }
+
         pub(crate) async fn save_member_counters(
             pool: &$pool,
             counters: &MemberCounters,

@@ -52,7 +52,7 @@ impl PostgresEventStore {
     pub async fn connect(database_url: &str) -> Result<PostgresEventStore, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::POOL_ACQUIRE_TIMEOUT)
             .connect(database_url)
             .await?;
         PostgresEventStore::with_pool(pool).await
@@ -225,6 +225,10 @@ impl EventStore for PostgresEventStore {
 
     async fn save_member_counters(&self, counters: &MemberCounters) -> Result<(), StoreError> {
         operations::save_member_counters(&self.pool, counters).await
+    }
+
+    async fn next_generation(&self, name: &str) -> Result<u64, StoreError> {
+        operations::next_generation(&self.pool, name).await
     }
 
     async fn member_counters(&self) -> Result<Vec<MemberCounters>, StoreError> {

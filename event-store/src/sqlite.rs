@@ -291,6 +291,10 @@ impl EventStore for SqliteEventStore {
         operations::save_member_counters(&self.side_writes, counters).await
     }
 
+    async fn next_generation(&self, name: &str) -> Result<u64, StoreError> {
+        operations::next_generation(&self.side_writes, name).await
+    }
+
     async fn member_counters(&self) -> Result<Vec<MemberCounters>, StoreError> {
         operations::member_counters(&self.pool).await
     }

@@ -124,4 +124,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Every member's latest counters.
     async fn member_counters(&self) -> Result<Vec<MemberCounters>, StoreError>;
+
+    /// The next generation number of `name` (1 on first use): each call, in any process, gets a
+    /// number greater than every number handed out before. A fencing token kept where nothing
+    /// restored from an older copy can bring it back.
+    async fn next_generation(&self, name: &str) -> Result<u64, StoreError>;
 }

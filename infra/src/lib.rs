@@ -5,7 +5,8 @@
 //! ([`stored_events`], [`streams`], [`commands`]), the relay from the store to Kafka ([`relay`]),
 //! Kafka settings and topic admin ([`kafka`]), the in-process broker of the embedded default
 //! ([`embedded_broker`]), the consumer runtime ([`consumer`]), the seat hold stores ([`holds`])
-//! and retry timing ([`backoff`]).
+//! retry timing ([`backoff`]), and riding out servers that go away: readiness and the retry loop
+//! of every long-running component ([`resilience`]).
 
 pub mod backoff;
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod holds;
 pub mod kafka;
 pub mod metrics;
 pub mod relay;
+pub mod resilience;
 pub mod stored_events;
 pub mod streams;
 pub mod telemetry;

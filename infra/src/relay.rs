@@ -22,6 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tracing::{Instrument, debug_span, info, warn};
 
+use crate::resilience::{Retrying, Transience};
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
 
 /// The checkpoint name the relay saves its progress under.
@@ -72,6 +73,9 @@ impl RelayConfig {
     }
 }
 
+/// The relay's name in readiness reports and logs.
+pub const COMPONENT: &str = "relay";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("event store: {0}")]
@@ -80,6 +84,17 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Topic(#[from] crate::kafka::TopicError),
+}
+
+impl Transience for RelayError {
+    fn is_transient(&self) -> bool {
+        match self {
+            RelayError::Store(error) => Transience::is_transient(error),
+            // A new producer fixes these (the relay rebuilds it).
+            RelayError::Kafka(_) => true,
+            RelayError::Topic(error) => error.is_transient(),
+        }
+    }
 }
 
 pub struct Relay {
@@ -93,40 +108,60 @@ impl Relay {
     }
 
     /// Create the topic (or check its partition count), then publish until `shutdown` resolves.
-    /// Returns an error only for what a new producer cannot fix (the store, the topic).
+    ///
+    /// Rides out its servers: a store or broker that goes away is retried with backoff (the
+    /// relay is not ready meanwhile, see [`crate::resilience`]) and publishing resumes from the
+    /// checkpoint. Returns an error only for what an operator must fix (a topic with another
+    /// partition count, a store that refuses us for good).
     pub async fn run(
         &self,
         admin: &dyn TopicAdmin,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), RelayError> {
-        admin
-            .ensure_topic(&self.config.topic, self.config.partitions)
-            .await?;
         tokio::pin!(shutdown);
-        loop {
-            let mut producer_config = relay_producer_config(&self.config.bootstrap_servers);
-            if let Some(timeout) = self.config.delivery_timeout {
-                producer_config.set("message.timeout.ms", timeout.as_millis().to_string());
-            }
-            let producer: FutureProducer = producer_config.create()?;
-            tokio::select! {
-                outcome = self.publish_from_checkpoint(&producer) => match outcome {
-                    Err(RelayError::Kafka(error)) => {
-                        // The producer is broken (fatal idempotence error, ...): build a new one
-                        // and resume from what Kafka confirmed.
-                        warn!(%error, "producer failed; rebuilding it and resuming from the checkpoint");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(error) => return Err(error),
-                    Ok(()) => return Ok(()),
+        let mut retrying = Retrying::new(COMPONENT);
+        let outcome = loop {
+            let attempt = async {
+                admin
+                    .ensure_topic(&self.config.topic, self.config.partitions)
+                    .await?;
+                let mut producer_config = relay_producer_config(&self.config.bootstrap_servers);
+                if let Some(timeout) = self.config.delivery_timeout {
+                    producer_config.set("message.timeout.ms", timeout.as_millis().to_string());
+                }
+                let producer: FutureProducer = producer_config.create()?;
+                self.publish_from_checkpoint(&producer, &mut retrying).await
+            };
+            let error = tokio::select! {
+                outcome = attempt => match outcome {
+                    Ok(()) => break Ok(()),
+                    Err(error) => error,
                 },
                 () = &mut shutdown => {
                     // Whatever was sent but not confirmed is published again on the next start.
                     info!("relay stopping");
-                    return Ok(());
+                    break Ok(());
                 }
+            };
+            match error {
+                RelayError::Kafka(error) => {
+                    // The producer is broken (fatal idempotence error, ...): build a new one
+                    // and resume from what Kafka confirmed.
+                    warn!(%error, "producer failed; rebuilding it and resuming from the checkpoint");
+                    if !retrying.failed(error.to_string(), &mut shutdown).await {
+                        break Ok(());
+                    }
+                }
+                error if error.is_transient() => {
+                    if !retrying.failed(error.to_string(), &mut shutdown).await {
+                        break Ok(());
+                    }
+                }
+                error => break Err(error),
             }
-        }
+        };
+        retrying.stopped();
+        outcome
     }
 
     /// Publish from the checkpoint; returns only on error.
@@ -136,7 +171,11 @@ impl Relay {
     /// partition in send order, so confirming position p means everything up to p is in Kafka;
     /// the checkpoint follows the confirmed prefix, saved at most every `CHECKPOINT_EVERY` (a
     /// crash re-publishes at most that much, which consumers drop by stream version).
-    async fn publish_from_checkpoint(&self, producer: &FutureProducer) -> Result<(), RelayError> {
+    async fn publish_from_checkpoint(
+        &self,
+        producer: &FutureProducer,
+        retrying: &mut Retrying,
+    ) -> Result<(), RelayError> {
         let after = match &self.config.follow {
             // The broker starts empty: everything some group has not finished goes out again.
             Some(follow) => follow.watermarks.lowest().unwrap_or(Position::START),
@@ -147,6 +186,7 @@ impl Relay {
                 .unwrap_or(Position::START),
         };
         info!(%after, following_groups = self.config.follow.is_some(), "relay publishing");
+        retrying.succeeded();
         let mut subscription =
             Subscription::new(self.store.clone(), after).with_batch_size(self.config.batch_size);
         let mut in_flight: VecDeque<(Position, DeliveryFuture)> = VecDeque::new();

@@ -4,14 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::{BookingId, SeatId, ShowId};
 use futures::StreamExt;
 use infra::holds::{
-    DEFAULT_GRACE, ExpiryDue, HoldError, HoldOutcome, HoldRequest, HoldSnapshot, HoldStore,
-    MemoryHoldStore, RedisHoldStore, SeatClaim,
+    DEFAULT_GRACE, EpochState, ExpiryDue, HoldError, HoldOutcome, HoldRequest, HoldSnapshot,
+    HoldStore, MemoryHoldStore, RedisHoldStore, SeatClaim, rebuild_in_progress,
 };
 use uuid::Uuid;
 
@@ -55,12 +56,18 @@ on_both!(
     holding_needs_the_current_epoch,
     rebuild_restores_holds_sold_seats_and_expiries,
     a_flush_is_noticed_by_the_next_hold,
+    writes_with_a_stale_epoch_fail_and_change_nothing,
+    a_fence_stops_every_write_until_its_rebuild_and_never_goes_back,
+    an_overtaken_rebuild_writes_nothing,
+    a_restart_that_brings_the_old_epoch_back_is_noticed_by_every_write,
 );
 
-/// A store under test, plus what the test needs to flush it.
+/// A store under test, plus what the test needs to flush it, and its generation numbers (the
+/// event store's counter in production).
 struct Fixture {
     store: Arc<dyn HoldStore>,
     kind: Kind,
+    generations: AtomicU64,
 }
 
 enum Kind {
@@ -76,6 +83,7 @@ impl Fixture {
                 Fixture {
                     store: store.clone(),
                     kind: Kind::Memory(store),
+                    generations: AtomicU64::new(0),
                 }
             }
             Backend::Redis => {
@@ -88,20 +96,55 @@ impl Fixture {
                 Fixture {
                     store: Arc::new(store),
                     kind: Kind::Redis { url, prefix },
+                    generations: AtomicU64::new(0),
                 }
             }
         }
     }
 
+    /// A generation greater than every one handed out before (1 first).
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Fences and rebuilds under a new generation, as seat-lock does; returns the new epoch.
+    async fn rebuild(&self, snapshot: &HoldSnapshot, now: DateTime<Utc>) -> String {
+        let generation = self.next_generation();
+        self.store.fence(generation).await.unwrap();
+        self.store.rebuild(generation, snapshot, now).await.unwrap()
+    }
+
     /// A store with an epoch, ready to hold.
     async fn ready(backend: Backend) -> (Self, String) {
         let fixture = Self::new(backend, DEFAULT_GRACE).await;
-        let epoch = fixture
-            .store
-            .rebuild(&HoldSnapshot::default(), now())
-            .await
-            .unwrap();
+        let epoch = fixture.rebuild(&HoldSnapshot::default(), now()).await;
         (fixture, epoch)
+    }
+
+    /// As a restart that brings the data back (a Redis restored from the snapshot it has just
+    /// saved): everything stays, the epoch included, but the server run is a new one. Returns
+    /// the (dead) epoch the store holds now.
+    async fn restart_keeping_everything(&self) -> String {
+        match &self.kind {
+            Kind::Memory(store) => {
+                store.restart();
+                store.epoch().await.unwrap().expect("an epoch")
+            }
+            Kind::Redis { url, prefix } => {
+                // The server keeps running (its other tests too): the epoch key is rewritten
+                // the way a restored snapshot of an earlier run would hold it, the same
+                // generation under another run_id. (A real restart: the test below with a
+                // server of its own, and tests/binary.)
+                let current = self.store.epoch().await.unwrap().expect("an epoch");
+                let Some(EpochState::Ready { generation, run_id }) = EpochState::parse(&current)
+                else {
+                    panic!("not a ready epoch: {current:?}")
+                };
+                let restored = format!("{generation}@{}", other_run_id(run_id));
+                set_raw(url, &format!("{prefix}epoch"), &restored).await;
+                restored
+            }
+        }
     }
 
     /// Loses everything, as a Redis `FLUSHDB` or a restart without persistence would.
@@ -134,6 +177,28 @@ impl Fixture {
             }
         }
     }
+}
+
+/// A run id that is not `run_id` (40 hex digits, like Redis's).
+fn other_run_id(run_id: &str) -> String {
+    let other = "0123456789abcdef0123456789abcdef01234567";
+    if run_id == other {
+        other.replace('0', "f")
+    } else {
+        other.to_string()
+    }
+}
+
+/// SET with a connection of its own, past the store.
+async fn set_raw(url: &str, key: &str, value: &str) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    ::redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
 }
 
 /// Whether testkit gave this test a database index of its own on a server it started (it then
@@ -322,10 +387,7 @@ async fn an_earlier_request_in_a_batch_wins_a_seat(backend: Backend) {
 async fn retaking_an_own_hold_succeeds_and_refreshes_its_ttl(backend: Backend) {
     let fixture = Fixture::new(backend, Duration::from_millis(1_000)).await;
     let store = fixture.store.as_ref();
-    let epoch = store
-        .rebuild(&HoldSnapshot::default(), now())
-        .await
-        .unwrap();
+    let epoch = fixture.rebuild(&HoldSnapshot::default(), now()).await;
     let show = ShowId::new();
     let (a, control) = (BookingId::new(), BookingId::new());
 
@@ -375,7 +437,7 @@ async fn an_own_sold_seat_is_free_for_its_booking_only(backend: Backend) {
         .await
         .unwrap();
     store
-        .mark_sold(show, a, &seats(&["A-1-1", "A-1-2"]))
+        .mark_sold(&epoch, show, a, &seats(&["A-1-1", "A-1-2"]))
         .await
         .unwrap();
     assert!(expiry_bookings(store).await.is_empty());
@@ -428,7 +490,10 @@ async fn release_frees_only_the_bookings_own_holds(backend: Backend) {
         )
         .await
         .unwrap();
-    store.mark_sold(show, a, &seats(&["A-1-2"])).await.unwrap();
+    store
+        .mark_sold(&epoch, show, a, &seats(&["A-1-2"]))
+        .await
+        .unwrap();
     // mark_sold dropped A's entry; give A one again to see release drop it.
     store
         .hold(&epoch, &[request(show, a, &["A-1-1"], expires)], t)
@@ -437,14 +502,14 @@ async fn release_frees_only_the_bookings_own_holds(backend: Backend) {
     assert_eq!(expiry_bookings(store).await.len(), 2);
 
     let everything = seats(&["A-1-1", "A-1-2", "A-1-3"]);
-    store.release(show, a, &everything).await.unwrap();
+    store.release(&epoch, show, a, &everything).await.unwrap();
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
     assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), sold(a));
     assert_eq!(store.seat(show, &seat("A-1-3")).await.unwrap(), held(b));
     assert_eq!(expiry_bookings(store).await, vec![b]);
 
     // Idempotent.
-    store.release(show, a, &everything).await.unwrap();
+    store.release(&epoch, show, a, &everything).await.unwrap();
     assert_eq!(store.seat(show, &seat("A-1-3")).await.unwrap(), held(b));
     assert_eq!(expiry_bookings(store).await, vec![b]);
 
@@ -476,11 +541,11 @@ async fn mark_sold_overwrites_and_unmark_sold_removes_only_own_markers(backend: 
 
     // The event store decided: A bought A-1-1 although B's hold is on it in Redis.
     store
-        .mark_sold(show, a, &seats(&["A-1-1", "A-1-3"]))
+        .mark_sold(&epoch, show, a, &seats(&["A-1-1", "A-1-3"]))
         .await
         .unwrap();
     store
-        .mark_sold(show, a, &seats(&["A-1-1", "A-1-3"]))
+        .mark_sold(&epoch, show, a, &seats(&["A-1-1", "A-1-3"]))
         .await
         .unwrap();
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), sold(a));
@@ -488,20 +553,26 @@ async fn mark_sold_overwrites_and_unmark_sold_removes_only_own_markers(backend: 
     assert_eq!(expiry_bookings(store).await, vec![b]);
 
     store
-        .unmark_sold(show, b, &seats(&["A-1-1"]))
+        .unmark_sold(&epoch, show, b, &seats(&["A-1-1"]))
         .await
         .unwrap();
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), sold(a));
     // A hold is not a sold marker: unmark_sold leaves it.
     store
-        .unmark_sold(show, a, &seats(&["A-1-2"]))
+        .unmark_sold(&epoch, show, a, &seats(&["A-1-2"]))
         .await
         .unwrap();
     assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), held(a));
 
     let sold_seats = seats(&["A-1-1", "A-1-3"]);
-    store.unmark_sold(show, a, &sold_seats).await.unwrap();
-    store.unmark_sold(show, a, &sold_seats).await.unwrap();
+    store
+        .unmark_sold(&epoch, show, a, &sold_seats)
+        .await
+        .unwrap();
+    store
+        .unmark_sold(&epoch, show, a, &sold_seats)
+        .await
+        .unwrap();
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
     assert_eq!(store.seat(show, &seat("A-1-3")).await.unwrap(), None);
 }
@@ -509,10 +580,7 @@ async fn mark_sold_overwrites_and_unmark_sold_removes_only_own_markers(backend: 
 async fn sold_markers_outlive_the_ttl_while_holds_vanish(backend: Backend) {
     let fixture = Fixture::new(backend, Duration::from_millis(1_000)).await;
     let store = fixture.store.as_ref();
-    let epoch = store
-        .rebuild(&HoldSnapshot::default(), now())
-        .await
-        .unwrap();
+    let epoch = fixture.rebuild(&HoldSnapshot::default(), now()).await;
     let (show, a, b) = (ShowId::new(), BookingId::new(), BookingId::new());
 
     // expires_at + grace - now = -700 ms + 1 s: a TTL of about 300 ms.
@@ -526,7 +594,10 @@ async fn sold_markers_outlive_the_ttl_while_holds_vanish(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(outcome, vec![HoldOutcome::Held]);
-    store.mark_sold(show, a, &seats(&["A-1-2"])).await.unwrap();
+    store
+        .mark_sold(&epoch, show, a, &seats(&["A-1-2"]))
+        .await
+        .unwrap();
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), held(a));
 
     wait_until_free(store, show, "A-1-1").await;
@@ -664,8 +735,32 @@ async fn holding_needs_the_current_epoch(backend: Backend) {
     assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
     assert!(expiry_bookings(store).await.is_empty());
 
-    let first = store.rebuild(&HoldSnapshot::default(), t).await.unwrap();
-    assert!(Uuid::parse_str(&first).is_ok(), "epoch {first:?}");
+    // A rebuild without its fence writes nothing and sets no epoch.
+    let generation = fixture.next_generation();
+    let snapshot = HoldSnapshot {
+        sold: vec![(show, seat("A-1-5"), a)],
+        held: vec![],
+    };
+    assert_eq!(
+        store.rebuild(generation, &snapshot, t).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.epoch().await.unwrap(), None);
+    assert_eq!(store.seat(show, &seat("A-1-5")).await.unwrap(), None);
+
+    store.fence(generation).await.unwrap();
+    let first = store
+        .rebuild(generation, &HoldSnapshot::default(), t)
+        .await
+        .unwrap();
+    // `<generation>@<run id>`.
+    assert!(
+        matches!(
+            EpochState::parse(&first),
+            Some(EpochState::Ready { generation: g, run_id }) if g == generation && !run_id.is_empty()
+        ),
+        "epoch {first:?}"
+    );
     assert_eq!(
         store.epoch().await.unwrap().as_deref(),
         Some(first.as_str())
@@ -680,7 +775,7 @@ async fn holding_needs_the_current_epoch(backend: Backend) {
     );
 
     // Another process rebuilt: the old epoch is refused, and nothing of the batch is held.
-    let second = store.rebuild(&HoldSnapshot::default(), t).await.unwrap();
+    let second = fixture.rebuild(&HoldSnapshot::default(), t).await;
     assert_ne!(first, second);
     let b = BookingId::new();
     assert_eq!(
@@ -722,7 +817,7 @@ async fn rebuild_restores_holds_sold_seats_and_expiries(backend: Backend) {
             request(show, loser, &["A-1-1"], t + ms(20_000)),
         ],
     };
-    let epoch = store.rebuild(&snapshot, t).await.unwrap();
+    let epoch = fixture.rebuild(&snapshot, t).await;
     assert_eq!(store.epoch().await.unwrap(), Some(epoch.clone()));
 
     assert_eq!(
@@ -781,7 +876,10 @@ async fn a_flush_is_noticed_by_the_next_hold(backend: Backend) {
         .hold(&epoch, std::slice::from_ref(&a_request), t)
         .await
         .unwrap();
-    store.mark_sold(show, a, &seats(&["A-1-2"])).await.unwrap();
+    store
+        .mark_sold(&epoch, show, a, &seats(&["A-1-2"]))
+        .await
+        .unwrap();
 
     fixture.flush().await;
 
@@ -800,12 +898,428 @@ async fn a_flush_is_noticed_by_the_next_hold(backend: Backend) {
         sold: vec![(show, seat("A-1-2"), a)],
         held: vec![a_request],
     };
-    let rebuilt = store.rebuild(&snapshot, now()).await.unwrap();
+    let rebuilt = fixture.rebuild(&snapshot, now()).await;
     assert_ne!(rebuilt, epoch);
     assert_eq!(
         store.hold(&rebuilt, &b_batch, t).await,
         Ok(vec![taken(&["A-1-1", "A-1-2"])])
     );
+}
+
+/// The seats of one show as a store sees them, and its expiry entries: what a refused write must
+/// leave as it was.
+async fn picture(
+    store: &dyn HoldStore,
+    show: ShowId,
+    ids: &[&str],
+) -> (Vec<Option<SeatClaim>>, Vec<BookingId>) {
+    let mut claims = Vec::new();
+    for id in ids {
+        claims.push(store.seat(show, &seat(id)).await.unwrap());
+    }
+    (claims, expiry_bookings(store).await)
+}
+
+/// Every write names `epoch` and is refused with `EpochChanged`, changing nothing.
+async fn every_write_is_refused(store: &dyn HoldStore, epoch: &str, show: ShowId) {
+    let ids = ["A-1-1", "A-1-2", "A-1-3", "A-1-4"];
+    let before = picture(store, show, &ids).await;
+    let (a, c) = (
+        // The bookings of the tests below hold and own A-1-1 .. A-1-3; `c` is new.
+        before.0[0].as_ref().map(|claim| claim.booking_id),
+        BookingId::new(),
+    );
+    let a = a.expect("A-1-1 is held");
+    let t = now();
+    let everything = seats(&ids);
+    assert_eq!(
+        store
+            .hold(epoch, &[request(show, c, &["A-1-4"], t + ms(60_000))], t)
+            .await,
+        Err(HoldError::EpochChanged),
+        "hold under {epoch:?}"
+    );
+    assert_eq!(
+        store.release(epoch, show, a, &everything).await,
+        Err(HoldError::EpochChanged),
+        "release under {epoch:?}"
+    );
+    assert_eq!(
+        store.mark_sold(epoch, show, c, &everything).await,
+        Err(HoldError::EpochChanged),
+        "mark_sold under {epoch:?}"
+    );
+    assert_eq!(
+        store.unmark_sold(epoch, show, a, &everything).await,
+        Err(HoldError::EpochChanged),
+        "unmark_sold under {epoch:?}"
+    );
+    assert_eq!(
+        store.check_epoch(epoch).await,
+        Err(HoldError::EpochChanged),
+        "check_epoch of {epoch:?}"
+    );
+    assert_eq!(picture(store, show, &ids).await, before);
+}
+
+/// Under `epoch`: A holds A-1-1 and owns A-1-2, B holds A-1-3. Returns (A, B).
+async fn seed(store: &dyn HoldStore, epoch: &str, show: ShowId) -> (BookingId, BookingId) {
+    let (a, b) = (BookingId::new(), BookingId::new());
+    let t = now();
+    let expires = t + ms(60_000);
+    let outcomes = store
+        .hold(
+            epoch,
+            &[
+                request(show, a, &["A-1-1", "A-1-2"], expires),
+                request(show, b, &["A-1-3"], expires),
+            ],
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![HoldOutcome::Held, HoldOutcome::Held]);
+    store
+        .mark_sold(epoch, show, a, &seats(&["A-1-2"]))
+        .await
+        .unwrap();
+    // mark_sold dropped A's entry; give it one again, for release to have one to drop.
+    store
+        .hold(epoch, &[request(show, a, &["A-1-1"], expires)], t)
+        .await
+        .unwrap();
+    (a, b)
+}
+
+async fn writes_with_a_stale_epoch_fail_and_change_nothing(backend: Backend) {
+    let (fixture, old) = Fixture::ready(backend).await;
+    let store = fixture.store.as_ref();
+    let show = ShowId::new();
+    let (a, b) = seed(store, &old, show).await;
+    assert_eq!(store.check_epoch(&old).await, Ok(()));
+
+    // Another process rebuilt (keeping the contents: nothing was lost).
+    let current = fixture.rebuild(&HoldSnapshot::default(), now()).await;
+    assert_ne!(current, old);
+    every_write_is_refused(store, &old, show).await;
+    // Made-up epochs, a fence marker and a ready epoch of the right generation on another run
+    // are no better.
+    let Some(EpochState::Ready { generation, run_id }) = EpochState::parse(&current) else {
+        panic!("not a ready epoch: {current:?}")
+    };
+    for epoch in [
+        String::new(),
+        "made-up".to_string(),
+        format!("rebuilding:{generation}"),
+        format!("{generation}@{}", other_run_id(run_id)),
+        format!("{generation}@"),
+        format!("@{run_id}"),
+    ] {
+        every_write_is_refused(store, &epoch, show).await;
+    }
+
+    // Under the current epoch every write works again.
+    assert_eq!(store.check_epoch(&current).await, Ok(()));
+    store
+        .release(&current, show, a, &seats(&["A-1-1"]))
+        .await
+        .unwrap();
+    assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
+    store
+        .mark_sold(&current, show, b, &seats(&["A-1-3"]))
+        .await
+        .unwrap();
+    assert_eq!(store.seat(show, &seat("A-1-3")).await.unwrap(), sold(b));
+    store
+        .unmark_sold(&current, show, a, &seats(&["A-1-2"]))
+        .await
+        .unwrap();
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), None);
+    assert!(expiry_bookings(store).await.is_empty());
+}
+
+async fn a_fence_stops_every_write_until_its_rebuild_and_never_goes_back(backend: Backend) {
+    let (fixture, old) = Fixture::ready(backend).await;
+    let store = fixture.store.as_ref();
+    let show = ShowId::new();
+    let (a, _) = seed(store, &old, show).await;
+
+    let generation = fixture.next_generation();
+    store.fence(generation).await.unwrap();
+    let marker = store.epoch().await.unwrap().expect("the fence marker");
+    assert_eq!(rebuild_in_progress(&marker), Some(generation));
+    assert_eq!(rebuild_in_progress(&old), None);
+    // Nobody writes into a store being rebuilt, under the old epoch or the marker.
+    every_write_is_refused(store, &old, show).await;
+    every_write_is_refused(store, &marker, show).await;
+    // Fencing again under the same generation changes nothing; an older one is refused.
+    store.fence(generation).await.unwrap();
+    assert_eq!(
+        store.fence(generation - 1).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.epoch().await.unwrap(), Some(marker.clone()));
+
+    // The rebuild ends the fence with an epoch of its generation that writes work under.
+    let snapshot = HoldSnapshot {
+        sold: vec![(show, seat("A-1-9"), a)],
+        held: vec![],
+    };
+    let epoch = store.rebuild(generation, &snapshot, now()).await.unwrap();
+    assert!(
+        matches!(EpochState::parse(&epoch), Some(EpochState::Ready { generation: g, .. }) if g == generation),
+        "epoch {epoch:?}"
+    );
+    assert_eq!(store.epoch().await.unwrap(), Some(epoch.clone()));
+    assert_eq!(store.seat(show, &seat("A-1-9")).await.unwrap(), sold(a));
+    let (t, c) = (now(), BookingId::new());
+    assert_eq!(
+        store
+            .hold(&epoch, &[request(show, c, &["A-1-4"], t + ms(60_000))], t)
+            .await,
+        Ok(vec![HoldOutcome::Held])
+    );
+    store
+        .release(&epoch, show, c, &seats(&["A-1-4"]))
+        .await
+        .unwrap();
+
+    // Never back: not to an older generation, not to this one again, not a second rebuild.
+    for older in [generation - 1, generation] {
+        assert_eq!(store.fence(older).await, Err(HoldError::EpochChanged));
+    }
+    assert_eq!(
+        store.rebuild(generation, &snapshot, now()).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.epoch().await.unwrap(), Some(epoch.clone()));
+    assert_eq!(store.check_epoch(&epoch).await, Ok(()));
+
+    // A newer fence overrides the marker of a rebuild still in progress (a crashed rebuilder).
+    let (stuck, next) = (fixture.next_generation(), fixture.next_generation());
+    store.fence(stuck).await.unwrap();
+    store.fence(next).await.unwrap();
+    assert_eq!(
+        store
+            .epoch()
+            .await
+            .unwrap()
+            .as_deref()
+            .and_then(rebuild_in_progress),
+        Some(next)
+    );
+    assert_eq!(store.fence(stuck).await, Err(HoldError::EpochChanged));
+    every_write_is_refused(store, &epoch, show).await;
+}
+
+async fn an_overtaken_rebuild_writes_nothing(backend: Backend) {
+    let fixture = Fixture::new(backend, DEFAULT_GRACE).await;
+    let store = fixture.store.as_ref();
+    let show = ShowId::new();
+    let (a, b) = (BookingId::new(), BookingId::new());
+    let t = now();
+    // A read the log early: A-1-1 sold to A, A-1-2 held by A. By the time B read it, the sale
+    // was undone and B had bought A-1-2.
+    let a_snapshot = HoldSnapshot {
+        sold: vec![(show, seat("A-1-1"), a)],
+        held: vec![request(show, a, &["A-1-2"], t + ms(60_000))],
+    };
+    let b_snapshot = HoldSnapshot {
+        sold: vec![(show, seat("A-1-2"), b)],
+        held: vec![],
+    };
+
+    let (a_generation, b_generation) = (fixture.next_generation(), fixture.next_generation());
+    store.fence(a_generation).await.unwrap();
+    store.fence(b_generation).await.unwrap();
+    assert_eq!(
+        store.rebuild(a_generation, &a_snapshot, t).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), None);
+    assert!(expiry_bookings(store).await.is_empty());
+    assert_eq!(
+        store
+            .epoch()
+            .await
+            .unwrap()
+            .as_deref()
+            .and_then(rebuild_in_progress),
+        Some(b_generation)
+    );
+
+    let epoch = store.rebuild(b_generation, &b_snapshot, t).await.unwrap();
+    // A, late, can neither fence again nor rebuild over B's store.
+    assert_eq!(
+        store.fence(a_generation).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(
+        store.rebuild(a_generation, &a_snapshot, t).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), sold(b));
+    assert!(expiry_bookings(store).await.is_empty());
+    assert_eq!(store.epoch().await.unwrap(), Some(epoch));
+}
+
+async fn a_restart_that_brings_the_old_epoch_back_is_noticed_by_every_write(backend: Backend) {
+    let (fixture, epoch) = Fixture::ready(backend).await;
+    let store = fixture.store.as_ref();
+    let show = ShowId::new();
+    seed(store, &epoch, show).await;
+
+    let restored = fixture.restart_keeping_everything().await;
+    // The store holds this very epoch, and yet it is dead: every write is refused.
+    assert_eq!(store.epoch().await.unwrap(), Some(restored.clone()));
+    every_write_is_refused(store, &restored, show).await;
+    every_write_is_refused(store, &epoch, show).await;
+
+    // A fence takes over the dead epoch, even under the same generation; the rebuild's epoch
+    // names the new run.
+    let Some(EpochState::Ready { generation, .. }) = EpochState::parse(&restored) else {
+        panic!("not a ready epoch: {restored:?}")
+    };
+    store.fence(generation).await.unwrap();
+    let rebuilt = store
+        .rebuild(generation, &HoldSnapshot::default(), now())
+        .await
+        .unwrap();
+    assert_ne!(rebuilt, restored);
+    assert_eq!(store.check_epoch(&rebuilt).await, Ok(()));
+}
+
+/// The fence script's rules about run ids, with epoch values written past the store: a dead
+/// epoch (another run) never stops a fence, whatever its generation; a live one of a greater
+/// generation does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_fence_ignores_the_generation_of_a_dead_epoch() {
+    let (fixture, epoch) = Fixture::ready(Backend::Redis).await;
+    let Kind::Redis { url, prefix } = &fixture.kind else {
+        unreachable!("a Redis fixture")
+    };
+    let store = fixture.store.as_ref();
+    let Some(EpochState::Ready { generation, run_id }) = EpochState::parse(&epoch) else {
+        panic!("not a ready epoch: {epoch:?}")
+    };
+    let key = format!("{prefix}epoch");
+
+    let live_newer = format!("{}@{run_id}", generation + 100);
+    set_raw(url, &key, &live_newer).await;
+    assert_eq!(
+        store.fence(generation + 1).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.epoch().await.unwrap(), Some(live_newer.clone()));
+    assert_eq!(store.check_epoch(&live_newer).await, Ok(()));
+
+    let dead_newer = format!("{}@{}", generation + 100, other_run_id(run_id));
+    set_raw(url, &key, &dead_newer).await;
+    assert_eq!(
+        store.check_epoch(&dead_newer).await,
+        Err(HoldError::EpochChanged)
+    );
+    store.fence(generation + 1).await.unwrap();
+    let rebuilt = store
+        .rebuild(generation + 1, &HoldSnapshot::default(), now())
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, format!("{}@{run_id}", generation + 1));
+}
+
+/// A real restart from an RDB snapshot: the epoch key comes back, the holds made after the
+/// snapshot do not, and the server's run_id is new. The hold script notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_restart_from_an_older_snapshot_is_noticed_by_the_hold_script() {
+    let server = testkit::own_redis(testkit::RedisPersistence::Rdb);
+    let store = RedisHoldStore::connect(&server.url, DEFAULT_GRACE)
+        .await
+        .expect("connect to Redis");
+    store.fence(1).await.unwrap();
+    let epoch = store
+        .rebuild(1, &HoldSnapshot::default(), now())
+        .await
+        .unwrap();
+    let run_id = server.run_id().unwrap();
+    assert_eq!(epoch, format!("1@{run_id}"));
+    let show = ShowId::new();
+    let (a, b, c) = (BookingId::new(), BookingId::new(), BookingId::new());
+    let t = now();
+    store
+        .hold(&epoch, &[request(show, a, &["A-1-1"], t + ms(60_000))], t)
+        .await
+        .unwrap();
+    server.save().unwrap();
+    // Lost with the restart: B's hold, made after the snapshot.
+    store
+        .hold(&epoch, &[request(show, b, &["A-1-2"], t + ms(60_000))], t)
+        .await
+        .unwrap();
+
+    server.restart_from_snapshot().unwrap();
+    assert_ne!(server.run_id().unwrap(), run_id);
+    // The connection comes back on its own; a first call may still meet the old one.
+    let restored = until_available(|| store.epoch()).await;
+    assert_eq!(
+        restored,
+        Some(epoch.clone()),
+        "the snapshot brings the epoch back"
+    );
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), None);
+    // Without the run_id check, C would now get B's seat.
+    let c_batch = [request(show, c, &["A-1-2"], t + ms(60_000))];
+    assert_eq!(
+        store.hold(&epoch, &c_batch, t).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(
+        store.release(&epoch, show, a, &seats(&["A-1-1"])).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(
+        store.mark_sold(&epoch, show, c, &seats(&["A-1-2"])).await,
+        Err(HoldError::EpochChanged)
+    );
+    assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), held(a));
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), None);
+
+    // Rebuilt (B's hold is in the log), C is refused.
+    store.fence(2).await.unwrap();
+    let snapshot = HoldSnapshot {
+        sold: vec![],
+        held: vec![
+            request(show, a, &["A-1-1"], t + ms(60_000)),
+            request(show, b, &["A-1-2"], t + ms(60_000)),
+        ],
+    };
+    let rebuilt = store.rebuild(2, &snapshot, now()).await.unwrap();
+    assert_eq!(rebuilt, format!("2@{}", server.run_id().unwrap()));
+    assert_eq!(
+        store.hold(&rebuilt, &c_batch, t).await,
+        Ok(vec![taken(&["A-1-2"])])
+    );
+}
+
+/// Retries `call` while the store is unavailable (a connection being re-established), for up to
+/// 10 s.
+async fn until_available<T, F, Fut>(call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HoldError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(HoldError::Unavailable(reason)) if Instant::now() < deadline => {
+                eprintln!("the store is not back yet: {reason}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
 }
 
 /// A whole partition's batch is one script call, however long: counted on the server with

@@ -47,6 +47,18 @@ pub enum ProjectionError {
     CannotCatchUp { behind: u64, seconds: u64 },
 }
 
+impl infra::resilience::Transience for ProjectionError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ProjectionError::Database(error) => event_store::is_transient_sqlx(error),
+            ProjectionError::Store(error) => infra::resilience::Transience::is_transient(error),
+            // A switch that could not lock the live tables changed nothing; a bounded wait.
+            ProjectionError::SwitchBlocked(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What one batch changes, written in one transaction with the checkpoint.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -147,6 +159,14 @@ impl TableSet {
 const CHECKPOINTS: &str =
     "CREATE TABLE IF NOT EXISTS rm_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)";
 
+/// The generation of each projection's live tables: a switch moves it on, and every commit into
+/// the live set checks it (with the checkpoint) in its transaction. The checkpoint alone is not
+/// enough: a projector in another process that missed a switch may find the checkpoint at the
+/// very position it expects and write rows it derived from the old tables into the new ones.
+/// A table of its own (not a column) so that databases made before it need no migration.
+const GENERATIONS: &str = "CREATE TABLE IF NOT EXISTS rm_generations (name TEXT PRIMARY KEY, \
+     generation BIGINT NOT NULL)";
+
 /// Processes that take replays over their API (a running `zingqueue up`), with a heartbeat.
 const REPLAYERS: &str = "CREATE TABLE IF NOT EXISTS rm_replayers (projection TEXT NOT NULL, \
      api TEXT NOT NULL, beat_ms BIGINT NOT NULL, PRIMARY KEY (projection, api))";
@@ -217,7 +237,7 @@ macro_rules! read_models {
         use sqlx::Row;
 
         use super::{
-            CHECKPOINTS, Changes, ProjectionError, REPLAYERS, ROWS_PER_STATEMENT, TABLES,
+            CHECKPOINTS, Changes, GENERATIONS, ProjectionError, REPLAYERS, ROWS_PER_STATEMENT, TABLES,
             TableRows, TableSet, blocked_or, corrupt, placeholders, position_of, stored,
             value_rows,
         };
@@ -229,6 +249,7 @@ macro_rules! read_models {
             with_customer_index: bool,
         ) -> Result<(), ProjectionError> {
             sqlx::query(CHECKPOINTS).execute(pool).await?;
+            sqlx::query(GENERATIONS).execute(pool).await?;
             sqlx::query(REPLAYERS).execute(pool).await?;
             for statement in tables.schema() {
                 sqlx::query(&statement).execute(pool).await?;
@@ -327,6 +348,15 @@ macro_rules! read_models {
                     .fetch_optional(pool)
                     .await?;
             Ok(position_of(position))
+        }
+
+        pub(super) async fn generation(pool: &$pool, name: &str) -> Result<u64, ProjectionError> {
+            let generation: Option<i64> =
+                sqlx::query_scalar("SELECT generation FROM rm_generations WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(generation.map_or(0, |g| u64::try_from(g).unwrap_or(0)))
         }
 
         fn booking_of(body: &str, key: &str) -> Result<BookingView, ProjectionError> {
@@ -491,6 +521,7 @@ macro_rules! read_models {
             tables: &TableSet,
             name: &str,
             expected: Position,
+            generation: u64,
             position: Position,
             changes: &Changes,
         ) -> Result<(), ProjectionError> {
@@ -518,7 +549,15 @@ macro_rules! read_models {
                 .await?
             }
             .rows_affected();
-            if moved == 0 {
+            // Read under the checkpoint row's lock, which a switch holds until it commits: a
+            // switch is either wholly before this batch (seen here) or wholly after it.
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT generation FROM rm_generations WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let found = found.map_or(0, |g| u64::try_from(g).unwrap_or(0));
+            if moved == 0 || found != generation {
                 return Err(ProjectionError::CheckpointMoved {
                     name: name.to_string(),
                     expected,
@@ -663,6 +702,15 @@ macro_rules! read_models {
                 .bind(projection)
                 .execute(&mut *tx)
                 .await?;
+            // Every projector that read the old generation now fails its next commit and
+            // reloads, wherever it runs.
+            sqlx::query(
+                "INSERT INTO rm_generations (name, generation) VALUES ($1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET generation = rm_generations.generation + 1",
+            )
+            .bind(projection)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM rm_checkpoints WHERE name = $1")
                 .bind(shadow.checkpoint(projection))
                 .execute(&mut *tx)
@@ -781,6 +829,7 @@ impl ReadModelDb {
             Pool::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
+                    .acquire_timeout(event_store::POOL_ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?,
             )
@@ -891,20 +940,27 @@ impl ReadModelDb {
         dispatch!(self, rows(&self.tables))
     }
 
+    /// The generation of checkpoint `name`'s tables (0 until the first switch): what a
+    /// projector expects when it commits.
+    pub async fn generation(&self, name: &str) -> Result<u64, ProjectionError> {
+        dispatch!(self, generation(name))
+    }
+
     /// Write a batch into this set and move checkpoint `name` from `expected` to `position`;
     /// [`ProjectionError::CheckpointMoved`] (nothing written) when it is no longer at
-    /// `expected`.
+    /// `expected`, or the tables are no longer of `generation` (a replay switched them).
     pub async fn commit(
         &self,
         name: &str,
         expected: Position,
+        generation: u64,
         position: Position,
         changes: &Changes,
     ) -> Result<(), ProjectionError> {
         let _turn = self.turn_to_write().await;
         dispatch!(
             self,
-            commit(&self.tables, name, expected, position, changes)
+            commit(&self.tables, name, expected, generation, position, changes)
         )
     }
 

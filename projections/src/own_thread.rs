@@ -60,13 +60,31 @@ impl ProjectorThread {
                     }
                 };
                 runtime.block_on(async move {
-                    let opened = async {
+                    let mut stopped = stopped;
+                    let open = || async {
                         let store = event_store::open(&url).await?;
                         let db = ReadModelDb::open(&url).await?;
                         Ok::<_, ProjectionError>((store.clone(), Projector::new(store, db)))
                     };
-                    let (store, projector) = match opened.await {
-                        Ok(opened) => opened,
+                    // Waits while the database is away (not ready meanwhile).
+                    let mut stop_requested = stopped.clone();
+                    let opened = infra::resilience::until_available(
+                        "projector",
+                        "opening the store and the read models",
+                        async move {
+                            let _ = stop_requested.wait_for(|stop| *stop).await;
+                        },
+                        open,
+                    )
+                    .await;
+                    let (store, projector) = match opened {
+                        Ok(Some(opened)) => opened,
+                        Ok(None) => {
+                            let _ = started.send(Err(ProjectionError::Thread(
+                                "stopped before the database answered".into(),
+                            )));
+                            return;
+                        }
                         Err(error) => {
                             let _ = started.send(Err(error));
                             return;
@@ -78,7 +96,6 @@ impl ProjectorThread {
                         projector.committed(),
                         projector.stats(),
                     )));
-                    let mut stopped = stopped;
                     let outcome = projector
                         .run(async move {
                             let _ = stopped.wait_for(|stop| *stop).await;

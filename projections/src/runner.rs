@@ -12,6 +12,7 @@ use domain::booking::BookingEvent;
 use domain::show::ShowEvent;
 use domain::{BookingId, DomainEvent, SeatId, ShowId};
 use event_store::{EventStore, Position, RecordedEvent};
+use infra::resilience::{Retrying, Transience};
 use infra::stored_events::decode;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
@@ -88,6 +89,9 @@ pub struct Projector {
     cache: std::sync::Mutex<RowCache>,
     /// Another head hint to wake on (another store handle's on the same database).
     also_woken_by: Option<watch::Receiver<Position>>,
+    /// The generation of the tables this runner last read its checkpoint from; every commit
+    /// expects it, so a switch in any process makes this runner reload (see `db.rs`).
+    generation: AtomicU64,
 }
 
 impl Projector {
@@ -105,6 +109,7 @@ impl Projector {
             committed: watch::channel((Position::START, Utc::now())).0,
             cache: std::sync::Mutex::default(),
             also_woken_by: None,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -158,9 +163,15 @@ impl Projector {
         self.db.tables().checkpoint(&self.projection)
     }
 
-    /// The position the read models reflect.
+    /// The position the read models reflect (and the generation of their tables, which the
+    /// next commit expects).
     pub async fn position(&self) -> Result<Position, ProjectionError> {
-        self.db.checkpoint(&self.checkpoint_name()).await
+        let name = self.checkpoint_name();
+        // The generation first: a switch between the two reads then fails the next commit
+        // (a newer generation) rather than letting it pass with a stale one.
+        let generation = self.db.generation(&name).await?;
+        self.generation.store(generation, Ordering::SeqCst);
+        self.db.checkpoint(&name).await
     }
 
     /// Where this runner would stop now: the log's head, or its bound if that comes first.
@@ -184,16 +195,44 @@ impl Projector {
     }
 
     /// Follow the log until `shutdown` resolves.
+    ///
+    /// Rides out the database going away: a transient error is retried with backoff (the
+    /// projector is not ready meanwhile, see [`infra::resilience`]) from the checkpoint, which
+    /// only a committed batch moves. Returns an error only for what an operator must fix.
     pub async fn run(
         &self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ProjectionError> {
         tokio::pin!(shutdown);
+        let mut retrying = Retrying::new(&format!("projector {}", self.checkpoint_name()));
+        let outcome = loop {
+            match self.follow(&mut shutdown, &mut retrying).await {
+                Ok(()) => break Ok(()),
+                Err(error) if error.is_transient() => {
+                    // A failed batch left the row cache empty (it is taken out per batch).
+                    if !retrying.failed(error.to_string(), &mut shutdown).await {
+                        break Ok(());
+                    }
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        retrying.stopped();
+        outcome
+    }
+
+    /// Follow the log from the checkpoint until `shutdown` resolves or an error.
+    async fn follow(
+        &self,
+        mut shutdown: impl std::future::Future<Output = ()> + Unpin,
+        retrying: &mut Retrying,
+    ) -> Result<(), ProjectionError> {
         let mut hint = self.store.head_hint();
         // Without a second source, one that never fires.
         let (_never, unused) = watch::channel(Position::START);
         let mut also = self.also_woken_by.clone().unwrap_or(unused);
         let mut position = self.position().await?;
+        retrying.succeeded();
         loop {
             let next = self.apply_next_batch(position).await?;
             if next.0 >= position.0 + self.batch_size as u64 {
@@ -260,7 +299,13 @@ impl Projector {
         let committing = std::time::Instant::now();
         let committed = self
             .db
-            .commit(&checkpoint, after, last, &changes)
+            .commit(
+                &checkpoint,
+                after,
+                self.generation.load(Ordering::SeqCst),
+                last,
+                &changes,
+            )
             .instrument(span)
             .await;
         let micros = |since: std::time::Instant| since.elapsed().as_micros() as u64;

@@ -50,6 +50,7 @@ on_both_backends!(
     a_killed_rebuild_leaves_the_live_tables_and_a_rerun_completes,
     a_snapshot_holds_the_state_as_of_a_position_or_a_time,
     two_runners_on_the_same_tables_apply_each_event_once,
+    a_projector_that_missed_a_switch_writes_nothing_into_the_new_tables,
     two_rebuilds_at_once_never_switch_in_a_partial_set,
     an_email_sent_v1_in_the_log_is_read_through_its_upcaster,
 );
@@ -428,7 +429,8 @@ async fn plant_a_wrong_row(db: &ReadModelDb, head: event_store::Position) {
         bookings: [(id, view)].into(),
         ..Default::default()
     };
-    db.commit(READ_MODELS, head, head, &changes).await.unwrap();
+    let generation = db.generation(READ_MODELS).await.unwrap();
+    db.commit(READ_MODELS, head, generation, head, &changes).await.unwrap();
 }
 
 /// Start a replay and wait (bounded) for it to finish.
@@ -740,6 +742,46 @@ async fn two_runners_on_the_same_tables_apply_each_event_once(url: &str) {
         .await
         .unwrap();
     assert_eq!(raced, expected, "a racing runner applied events twice");
+}
+
+/// A projector in another process (its own pool, no pause gate the replay could hold) misses a
+/// switch that leaves the checkpoint where it was: the tables' generation, checked with the
+/// checkpoint in every commit, makes its next batch write nothing; it reloads and goes on in
+/// the new tables.
+async fn a_projector_that_missed_a_switch_writes_nothing_into_the_new_tables(url: &str) {
+    let store = event_store::open(url).await.unwrap();
+    let (show_id, _) = saga_log(&store).await;
+    let db = ReadModelDb::open(url).await.unwrap();
+    let elsewhere = Projector::new(store.clone(), ReadModelDb::open(url).await.unwrap());
+    let head = elsewhere.catch_up().await.unwrap();
+    // The rebuild ends at the same head: the switch leaves the checkpoint where it was.
+    let replays = Replays::new(store.clone(), db.clone());
+    let status = finish(&replays, ReplayRequest::default()).await;
+    assert_eq!(status.state, ReplayState::Done, "{status:?}");
+    assert_eq!(db.checkpoint(READ_MODELS).await.unwrap(), head);
+    booking(&store, show_id, &["A-2-5"], vec![]).await;
+    let stale = elsewhere.apply_next_batch(head).await.unwrap();
+    assert_eq!(
+        stale, head,
+        "a projector that missed the switch committed into the new tables"
+    );
+    let resumed = elsewhere.catch_up().await.unwrap();
+    assert!(resumed > head);
+    let fresh = Replays::new(store.clone(), db.clone());
+    let rebuilt = finish(
+        &fresh,
+        ReplayRequest {
+            until_position: Some(resumed.0),
+            ..ReplayRequest::default()
+        },
+    )
+    .await;
+    let expected = db
+        .with_tables(TableSet::snapshot(rebuilt.snapshot.as_deref().unwrap()).unwrap())
+        .rows()
+        .await
+        .unwrap();
+    assert_eq!(db.rows().await.unwrap(), expected);
 }
 
 /// A log written across the `booking.email_sent` schema change: a v1 email (as stored before

@@ -1,20 +1,19 @@
 //! `zingqueue dev-broker`: librdkafka's mock cluster in its own process, with the booking topic
-//! created (the mock has no CreateTopics API, so clients could not create it themselves).
+//! and every dead-letter topic created (the mock has no CreateTopics API, so clients could not
+//! create them themselves: `up` against it would wait for ever to create them).
 
 use infra::embedded_broker::EmbeddedBroker;
-use infra::kafka::{BOOKING_EVENTS_TOPIC, TopicAdmin};
+use infra::kafka::BOOKING_EVENTS_TOPIC;
 
 use crate::cli::GlobalArgs;
 
 pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(1)?;
-    broker
-        .ensure_topic(BOOKING_EVENTS_TOPIC, global.partitions)
-        .await?;
+    infra::consumer::ensure_topics(&broker, BOOKING_EVENTS_TOPIC, global.partitions).await?;
     println!("dev broker (librdkafka mock cluster; forgets everything when it stops)");
     println!("  bootstrap servers: {}", broker.bootstrap_servers());
     println!(
-        "  topic {BOOKING_EVENTS_TOPIC}: {} partitions",
+        "  topic {BOOKING_EVENTS_TOPIC}: {} partitions; dead-letter topics zq.dlq.*: 1 each",
         global.partitions
     );
     println!(

@@ -15,6 +15,37 @@ use infra::config::StoreLocation;
 
 use crate::cli::GlobalArgs;
 
+/// Open the event store of a long-running component, waiting while its database is away (the
+/// component is not ready meanwhile, see `infra::resilience`): a process started before its
+/// database comes up when the database does. A configuration error (a URL of no known kind, a
+/// refused login, a schema newer than this binary) stops it with the message.
+pub async fn open_store(
+    location: &StoreLocation,
+    component: &str,
+) -> anyhow::Result<std::sync::Arc<dyn event_store::EventStore>> {
+    let what = format!("opening the event store at {}", location.display_url());
+    infra::resilience::until_available(component, &what, interrupted(), || {
+        event_store::open(location.url())
+    })
+    .await
+    .with_context(|| what.clone())?
+    .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))
+}
+
+/// Open the read models, waiting while their database is away (as [`open_store`]).
+pub async fn open_read_models(
+    location: &StoreLocation,
+    component: &str,
+) -> anyhow::Result<projections::ReadModelDb> {
+    let what = format!("opening the read models at {}", location.display_url());
+    infra::resilience::until_available(component, &what, interrupted(), || {
+        projections::ReadModelDb::open(location.url())
+    })
+    .await
+    .with_context(|| what.clone())?
+    .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))
+}
+
 /// Where the event store is, by the shared configuration.
 pub fn store_location(global: &GlobalArgs) -> anyhow::Result<StoreLocation> {
     StoreLocation::resolve(global.database_url.as_deref(), &global.data_dir)
@@ -89,17 +120,26 @@ pub fn kafka_watch(brokers: &str) -> booking_api::monitor::KafkaWatch {
     }
 }
 
-/// Serve GET /metrics on `global.metrics_listen` for a component run on its own, until the
-/// process ends; prints `metrics: http://ADDRESS/metrics`.
+/// Serve GET /metrics, /healthz and /readyz on `global.metrics_listen` for a component run on its
+/// own, until the process ends; prints `metrics: http://ADDRESS/metrics`.
 pub async fn serve_metrics(global: &GlobalArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(global.metrics_listen)
         .await
         .with_context(|| format!("listening for /metrics on {}", global.metrics_listen))?;
     println!("metrics: http://{}/metrics", listener.local_addr()?);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(booking_api::observability::metrics),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(booking_api::observability::metrics),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(booking_api::health::healthz),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(booking_api::health::components_readyz),
+        );
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "serving /metrics stopped");

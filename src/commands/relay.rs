@@ -1,15 +1,11 @@
 //! `zingqueue run relay`: the relay on its own, against the configured Kafka.
 
-use anyhow::Context;
-
 use crate::cli::GlobalArgs;
 
 pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let (brokers, admin) = super::kafka(global, false)?;
     let location = super::store_location(global)?;
-    let store = event_store::open(location.url())
-        .await
-        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    let store = super::open_store(&location, infra::relay::COMPONENT).await?;
     println!(
         "relay: {} → {brokers} ({} partitions)",
         location.display_url(),

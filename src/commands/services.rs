@@ -65,16 +65,23 @@ fn consumer_config(
 /// The hold store: Redis when configured, else in process (embedded default only).
 pub async fn hold_store(global: &GlobalArgs) -> anyhow::Result<Arc<dyn HoldStore>> {
     Ok(match &global.services.redis_url {
-        Some(url) if !url.trim().is_empty() => Arc::new(
-            RedisHoldStore::connect(url, HOLD_GRACE)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to Redis at {}",
-                        infra::config::redact_password(url)
-                    )
-                })?,
-        ),
+        Some(url) if !url.trim().is_empty() => {
+            // Waits while Redis is away; a server too old for the scripts stops.
+            let what = format!(
+                "connecting to Redis at {}",
+                infra::config::redact_password(url)
+            );
+            let connected = infra::resilience::until_available(
+                seat_lock::GROUP,
+                &what,
+                super::interrupted(),
+                || RedisHoldStore::connect(url, HOLD_GRACE),
+            )
+            .await
+            .with_context(|| what.clone())?
+            .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))?;
+            Arc::new(connected)
+        }
         _ => Arc::new(MemoryHoldStore::new(HOLD_GRACE)),
     })
 }
@@ -197,9 +204,7 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
     };
     let (brokers, admin) = super::kafka(global, false)?;
     let location = super::store_location(global)?;
-    let store = event_store::open(location.url())
-        .await
-        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    let store = super::open_store(&location, name).await?;
     let service = match component {
         Component::SeatLock => {
             if global
@@ -250,9 +255,7 @@ pub async fn projector(
 /// `zingqueue run projections`.
 async fn run_projections(global: &GlobalArgs) -> anyhow::Result<()> {
     let location = super::store_location(global)?;
-    let store = event_store::open(location.url())
-        .await
-        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    let store = super::open_store(&location, "projections").await?;
     let projector = projector(store.clone(), location.url()).await?;
     println!(
         "projections: keeping the read models on {}",

@@ -39,9 +39,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         global.admin_token.as_deref(),
         embedded.then_some(global.data_dir.as_path()),
     )?;
-    let store = event_store::open(location.url())
-        .await
-        .with_context(|| format!("opening the event store at {}", location.display_url()))?;
+    let store = super::open_store(&location, "up").await?;
     let head = store.head().await?;
     let in_process_broker = global
         .kafka_brokers
@@ -83,9 +81,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     );
     let (notifier, mail_dir) =
         services::notifier(global, store.clone(), &brokers, watermarks.as_ref())?;
-    let read_models = projections::ReadModelDb::open(location.url())
-        .await
-        .context("opening the read models")?;
+    let read_models = super::open_read_models(&location, "up").await?;
     // The projector runs on a thread of its own (see projections::own_thread: it keeps the
     // read models within milliseconds of the log while the API takes a burst).
     let projector = projections::ProjectorThread::start(location.url(), store.head_hint())

@@ -228,7 +228,8 @@ async fn plant_a_wrong_row(db: &ReadModelDb, head: Position) {
         bookings: [(id, view)].into(),
         ..Default::default()
     };
-    db.commit(READ_MODELS, head, head, &changes).await.unwrap();
+    let generation = db.generation(READ_MODELS).await.unwrap();
+    db.commit(READ_MODELS, head, generation, head, &changes).await.unwrap();
     assert_ne!(db.rows().await.unwrap(), rows);
 }
 

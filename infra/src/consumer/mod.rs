@@ -66,6 +66,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin};
+use crate::resilience::until_available;
 use worker::{PartitionWorker, WorkerShared};
 
 /// How a group works through a partition.
@@ -340,13 +341,31 @@ impl ConsumerGroup {
     ) -> Result<(), ConsumerError> {
         let config = &self.config;
         crate::metrics::export_consumer_stats(&config.group, self.stats.clone());
-        ensure_topics(admin, &config.topic, config.partitions).await?;
+        tokio::pin!(shutdown);
+        // A member started while the broker or the store is down waits for them (not ready
+        // meanwhile); a topic with another partition count stops it.
+        let started = until_available(&config.group, "creating the topics", &mut shutdown, || {
+            ensure_topics(admin, &config.topic, config.partitions)
+        })
+        .await?;
+        if started.is_none() {
+            return Ok(());
+        }
         let watermark_start = match &config.track_watermark {
-            Some(_) => self
-                .store
-                .checkpoint(&watermark_checkpoint(&config.group))
-                .await?
-                .unwrap_or(Position::START),
+            Some(_) => {
+                let name = watermark_checkpoint(&config.group);
+                let saved = until_available(
+                    &config.group,
+                    "reading the group's watermark",
+                    &mut shutdown,
+                    || self.store.checkpoint(&name),
+                )
+                .await?;
+                match saved {
+                    Some(saved) => saved.unwrap_or(Position::START),
+                    None => return Ok(()),
+                }
+            }
             None => Position::START,
         };
         if let Some(marks) = &config.track_watermark {
@@ -398,6 +417,7 @@ impl ConsumerGroup {
             retry: config.retry,
             skip_through: watermark_start,
             stopping: AtomicBool::new(false),
+            degraded: AtomicBool::new(false),
             watermarks: config.track_watermark.clone(),
             progress: Mutex::new(Progress {
                 partitions: HashMap::new(),
@@ -415,8 +435,8 @@ impl ConsumerGroup {
             config: config.clone(),
             workers: HashMap::new(),
             waiting: HashMap::new(),
+            rejoin: false,
         };
-        tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
             tokio::select! {
@@ -454,6 +474,14 @@ impl ConsumerGroup {
             while let Ok(event) = rebalances.try_recv() {
                 dispatcher.rebalanced(event);
             }
+            if std::mem::take(&mut dispatcher.rejoin) {
+                consumer.unsubscribe();
+                for (_, worker) in dispatcher.workers.drain() {
+                    worker.revoke();
+                }
+                dispatcher.waiting.clear();
+                consumer.subscribe(&[&config.topic])?;
+            }
         }
 
         info!(group = %config.group, "consumer group stopping");
@@ -487,6 +515,8 @@ struct Dispatcher {
     /// Records polled for a partition whose queue was full, in order; the partition is paused
     /// while any wait.
     waiting: HashMap<i32, VecDeque<RawRecord>>,
+    /// A worker ended unexpectedly: rejoin the group (see [`Dispatcher::worker_gone`]).
+    rejoin: bool,
 }
 
 impl Dispatcher {
@@ -506,22 +536,45 @@ impl Dispatcher {
         let Some(worker) = self.workers.get(&partition) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(raw)) = worker.queue.try_send(raw) {
-            self.pause(partition);
-            self.waiting.insert(partition, VecDeque::from([raw]));
+        match worker.queue.try_send(raw) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(raw)) => {
+                self.pause(partition);
+                self.waiting.insert(partition, VecDeque::from([raw]));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.worker_gone(partition),
         }
+    }
+
+    /// A worker ended while its partition is still ours (it cannot: workers turn every failure
+    /// into a dead letter; this is the net under that). Records it had queued are gone from
+    /// this member, so dropping this one too and going on would let a later offset commit past
+    /// them. Instead the member rejoins the group: every partition restarts from its committed
+    /// offset, which only finished work ever moved, and idempotent handlers redo the rest.
+    fn worker_gone(&mut self, partition: i32) {
+        error!(group = %self.config.group, partition,
+               "a partition worker ended unexpectedly; rejoining the group to resume from the committed offsets");
+        self.rejoin = true;
     }
 
     fn flush_waiting(&mut self) {
         let mut drained = Vec::new();
+        let mut gone = Vec::new();
         for (partition, waiting) in &mut self.waiting {
             let Some(worker) = self.workers.get(partition) else {
                 continue;
             };
             while let Some(raw) = waiting.pop_front() {
-                if let Err(mpsc::error::TrySendError::Full(raw)) = worker.queue.try_send(raw) {
-                    waiting.push_front(raw);
-                    break;
+                match worker.queue.try_send(raw) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(raw)) => {
+                        waiting.push_front(raw);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        waiting.clear();
+                        gone.push(*partition);
+                    }
                 }
             }
             if waiting.is_empty() {
@@ -531,6 +584,9 @@ impl Dispatcher {
         for partition in drained {
             self.waiting.remove(&partition);
             self.resume(partition);
+        }
+        for partition in gone {
+            self.worker_gone(partition);
         }
     }
 

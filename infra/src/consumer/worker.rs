@@ -33,6 +33,8 @@ pub(crate) struct WorkerShared {
     /// Records at or below this log position were finished before a restart.
     pub skip_through: Position,
     pub stopping: AtomicBool,
+    /// A handler call is retrying a transient failure (the group reports not ready).
+    pub degraded: AtomicBool,
     pub watermarks: Option<Watermarks>,
     pub progress: Mutex<Progress>,
 }
@@ -86,6 +88,14 @@ impl WorkerShared {
         };
         let watermark = self.lock_progress().watermark.complete(position);
         marks.advance(&self.group, watermark);
+    }
+
+    /// A handler call succeeded: if the group was retrying, it is ready again. (An atomic first,
+    /// so that the hot path does not take the readiness registry's lock.)
+    fn working(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            crate::resilience::Readiness::global().set_ready(&self.group);
+        }
     }
 
     fn stopped(&self, revoked: &AtomicBool) -> bool {
@@ -222,6 +232,9 @@ async fn handle_batch(
         if !matches!(called, Ok(Ok(_))) {
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+        if matches!(called, Ok(Ok(_))) {
+            shared.working();
+        }
         match called {
             Ok(Ok(outcomes)) if outcomes.len() == events.len() => break Some(outcomes),
             Ok(Ok(outcomes)) => {
@@ -311,9 +324,12 @@ async fn concurrent(
             }
             Some(joined) = tasks.join_next() => {
                 let Ok((offset, key, durable)) = joined else {
-                    // Only a cancelled task ends without a result, and tasks are cancelled only
-                    // when the set is dropped.
-                    continue;
+                    // A task panicked outside the handler (whose panics become dead letters):
+                    // its record can never settle, so the prefix could not move again. End the
+                    // worker; the dispatcher then rejoins the group and the partition resumes
+                    // from its committed offset (`Dispatcher::worker_gone`).
+                    warn!(group = %shared.group, partition, "a record's task panicked; ending the worker");
+                    return;
                 };
                 if !durable {
                     // Stopping or revoked: nothing after this may be committed.
@@ -467,7 +483,9 @@ async fn handle_one(
             let started = std::time::Instant::now();
             let called = call.await;
             shared.record_duration(started);
-            if !matches!(called, Ok(Ok(_))) {
+            if matches!(called, Ok(Ok(_))) {
+                shared.working();
+            } else {
                 shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
             let outcome = match called {
@@ -581,6 +599,8 @@ async fn wait_to_retry(
     revoked: &AtomicBool,
 ) -> bool {
     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+    shared.degraded.store(true, Ordering::Relaxed);
+    crate::resilience::Readiness::global().set_not_ready(&shared.group, reason);
     let delay = shared.retry.delay(attempt);
     warn!(group = %shared.group, attempt, ?delay, %reason, "transient failure; retrying");
     tokio::time::sleep(delay).await;

@@ -3,7 +3,10 @@
 //!
 //! It forgets everything when the process stops, like a Redis without persistence; its epoch is
 //! `None` until the first [`rebuild`](HoldStore::rebuild), exactly like an empty Redis, so
-//! seat-lock runs the same rebuild path in both modes. Held seats carry an absolute deadline
+//! seat-lock runs the same rebuild path in both modes. Its "run id" (the part after `@` of a
+//! ready epoch) is a random id made when the store is created; [`MemoryHoldStore::restart`]
+//! makes a new one, as a Redis restarted from a snapshot gets a new `run_id` (for tests). Fences
+//! and generations work as in Redis, every check under the one mutex. Held seats carry an absolute deadline
 //! (`now + TTL`, in milliseconds) that is checked lazily: against the `now` passed to
 //! [`hold`](HoldStore::hold), against the wall clock elsewhere. Run-out holds are swept from the
 //! map at most once a second, so that a long-running process does not keep them forever.
@@ -17,8 +20,8 @@ use chrono::{DateTime, Utc};
 use domain::{BookingId, SeatId, ShowId};
 
 use super::{
-    DEFAULT_GRACE, ExpiryDue, HoldError, HoldOutcome, HoldRequest, HoldSnapshot, HoldStore,
-    SeatClaim, duration_millis, hold_ttl_millis,
+    DEFAULT_GRACE, EpochState, ExpiryDue, HoldError, HoldOutcome, HoldRequest, HoldSnapshot,
+    HoldStore, SeatClaim, duration_millis, fence_marker, hold_ttl_millis, ready_epoch,
 };
 
 /// How often run-out holds are swept from the map, in milliseconds.
@@ -31,8 +34,11 @@ pub struct MemoryHoldStore {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// This store's "server run": fixed at creation, renewed by [`MemoryHoldStore::restart`].
+    run_id: String,
+    /// A ready epoch (`<generation>@<run id>`) or a fence marker (`rebuilding:<generation>`).
     epoch: Option<String>,
     seats: HashMap<(ShowId, SeatId), Claim>,
     /// The expiry index, ordered like Redis orders the sorted set: by score (milliseconds), then
@@ -43,6 +49,20 @@ struct State {
     expiry_of: HashMap<(ShowId, BookingId), i64>,
     /// Wall-clock milliseconds of the next sweep of run-out holds.
     next_sweep_millis: i64,
+}
+
+impl State {
+    /// An empty store (no epoch) with a fresh run id.
+    fn empty() -> Self {
+        State {
+            run_id: uuid::Uuid::new_v4().simple().to_string(),
+            epoch: None,
+            seats: HashMap::new(),
+            expiries: BTreeSet::new(),
+            expiry_of: HashMap::new(),
+            next_sweep_millis: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +90,24 @@ impl MemoryHoldStore {
     pub fn new(grace: Duration) -> Self {
         Self {
             grace_millis: duration_millis(grace),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::empty()),
         }
     }
 
     /// Forgets everything, the epoch included, like a Redis `FLUSHDB` (for tests).
     pub fn clear(&self) {
-        *self.lock() = State::default();
+        let mut state = self.lock();
+        let run_id = std::mem::take(&mut state.run_id);
+        *state = State {
+            run_id,
+            ..State::empty()
+        };
+    }
+
+    /// Keeps everything, the epoch included, but takes a new run id, like a Redis restarted from
+    /// a snapshot it has just saved (for tests): the old epoch is still there and is dead.
+    pub fn restart(&self) {
+        self.lock().run_id = uuid::Uuid::new_v4().simple().to_string();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -93,6 +124,20 @@ impl Default for MemoryHoldStore {
 }
 
 impl State {
+    /// The check every write makes: `epoch` is the store's epoch and a ready one of this run.
+    fn check_epoch(&self, epoch: &str) -> Result<(), HoldError> {
+        let live = self.epoch.as_deref() == Some(epoch)
+            && matches!(
+                EpochState::parse(epoch),
+                Some(EpochState::Ready { run_id, .. }) if run_id == self.run_id
+            );
+        if live {
+            Ok(())
+        } else {
+            Err(HoldError::EpochChanged)
+        }
+    }
+
     fn claim(&self, show_id: ShowId, seat: &SeatId, now_millis: i64) -> Option<Claim> {
         self.seats
             .get(&(show_id, seat.clone()))
@@ -139,13 +184,42 @@ impl HoldStore for MemoryHoldStore {
         Ok(self.lock().epoch.clone())
     }
 
+    async fn check_epoch(&self, epoch: &str) -> Result<(), HoldError> {
+        self.lock().check_epoch(epoch)
+    }
+
+    async fn fence(&self, generation: u64) -> Result<(), HoldError> {
+        let mut state = self.lock();
+        let marker = fence_marker(generation);
+        // The generation still in force, if any: a marker's, or a ready epoch's of this run.
+        let current = match state.epoch.as_deref().and_then(EpochState::parse) {
+            Some(EpochState::Rebuilding { generation }) => Some((generation, false)),
+            Some(EpochState::Ready { generation, run_id }) if run_id == state.run_id => {
+                Some((generation, true))
+            }
+            _ => None,
+        };
+        match current {
+            Some((current, _)) if current > generation => return Err(HoldError::EpochChanged),
+            Some((current, true)) if current == generation => return Err(HoldError::EpochChanged),
+            _ => {}
+        }
+        state.epoch = Some(marker);
+        Ok(())
+    }
+
     async fn rebuild(
         &self,
+        generation: u64,
         snapshot: &HoldSnapshot,
         now: DateTime<Utc>,
     ) -> Result<String, HoldError> {
         let now_millis = now.timestamp_millis();
         let mut state = self.lock();
+        // One critical section: the marker cannot change while the snapshot is written.
+        if state.epoch.as_deref() != Some(fence_marker(generation).as_str()) {
+            return Err(HoldError::EpochChanged);
+        }
         state.sweep();
         for hold in &snapshot.held {
             let ttl = hold_ttl_millis(hold.expires_at, self.grace_millis, now);
@@ -171,7 +245,7 @@ impl HoldStore for MemoryHoldStore {
                 .seats
                 .insert((*show_id, seat.clone()), Claim::Sold(*booking_id));
         }
-        let epoch = uuid::Uuid::new_v4().to_string();
+        let epoch = ready_epoch(generation, &state.run_id);
         state.epoch = Some(epoch.clone());
         Ok(epoch)
     }
@@ -184,9 +258,7 @@ impl HoldStore for MemoryHoldStore {
     ) -> Result<Vec<HoldOutcome>, HoldError> {
         let now_millis = now.timestamp_millis();
         let mut state = self.lock();
-        if state.epoch.as_deref() != Some(epoch) {
-            return Err(HoldError::EpochChanged);
-        }
+        state.check_epoch(epoch)?;
         state.sweep();
         let mut outcomes = Vec::with_capacity(requests.len());
         for request in requests {
@@ -232,11 +304,13 @@ impl HoldStore for MemoryHoldStore {
 
     async fn release(
         &self,
+        epoch: &str,
         show_id: ShowId,
         booking_id: BookingId,
         seats: &BTreeSet<SeatId>,
     ) -> Result<(), HoldError> {
         let mut state = self.lock();
+        state.check_epoch(epoch)?;
         for seat in seats {
             let key = (show_id, seat.clone());
             if matches!(state.seats.get(&key), Some(Claim::Held { booking_id: owner, .. }) if *owner == booking_id)
@@ -250,11 +324,13 @@ impl HoldStore for MemoryHoldStore {
 
     async fn mark_sold(
         &self,
+        epoch: &str,
         show_id: ShowId,
         booking_id: BookingId,
         seats: &BTreeSet<SeatId>,
     ) -> Result<(), HoldError> {
         let mut state = self.lock();
+        state.check_epoch(epoch)?;
         for seat in seats {
             state
                 .seats
@@ -266,11 +342,13 @@ impl HoldStore for MemoryHoldStore {
 
     async fn unmark_sold(
         &self,
+        epoch: &str,
         show_id: ShowId,
         booking_id: BookingId,
         seats: &BTreeSet<SeatId>,
     ) -> Result<(), HoldError> {
         let mut state = self.lock();
+        state.check_epoch(epoch)?;
         for seat in seats {
             let key = (show_id, seat.clone());
             if state.seats.get(&key) == Some(&Claim::Sold(booking_id)) {

@@ -106,6 +106,15 @@ pub fn interrupt(mut running: Running) {
     }
 }
 
+impl Running {
+    /// Whether the process is still running (it has not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
 /// One HTTP/1.1 exchange over a plain socket: (status, body).
 pub fn http(
     address: &str,
@@ -114,6 +123,18 @@ pub fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_with_head(address, method, path, token, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 exchange over a plain socket: (status, the head's lines lowercased, body).
+pub fn http_with_head(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -136,7 +157,7 @@ pub fn http(
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_ascii_lowercase(), body)
 }
 
 /// One exchange with a JSON body (none for `null`) and a JSON answer (`null` when it is not

@@ -32,6 +32,53 @@ pub enum TestkitError {
         reason: String,
     },
 
+    /// A server a test stops and restarts cannot be one named by `ZQ_TEST_*_URL` or a container:
+    /// testkit has to start it, so the message names only the package.
+    #[error(
+        "testkit: {server} is not installed ({what} not found). Install it with \
+         `scripts/install-deps` (Debian package `{package}`); a server of a test's own is always \
+         started by testkit."
+    )]
+    OwnNotInstalled {
+        server: &'static str,
+        what: String,
+        package: &'static str,
+    },
+
+    #[error("testkit: could not {action} {server}: {reason}")]
+    Control {
+        server: &'static str,
+        action: &'static str,
+        reason: String,
+    },
+
     #[error("testkit: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl TestkitError {
+    pub(crate) fn control(server: &'static str, action: &'static str, reason: String) -> Self {
+        Self::Control {
+            server,
+            action,
+            reason,
+        }
+    }
+
+    /// The error for a server of a test's own, whose message must not suggest `ZQ_TEST_*_URL`.
+    pub(crate) fn for_own_server(self) -> Self {
+        match self {
+            Self::NotInstalled {
+                server,
+                what,
+                package,
+                ..
+            } => Self::OwnNotInstalled {
+                server,
+                what,
+                package,
+            },
+            other => other,
+        }
+    }
 }

@@ -7,6 +7,15 @@
 //!   per test binary, started on first use on a free loopback port in a temporary folder (as the
 //!   `postgres` user when the tests run as root, since Postgres refuses root).
 //! - [`redis()`]: a throwaway `redis-server`, one per test binary, a database index per test.
+//! - [`own_postgres()`]: a Postgres server of the test's own, with one database (`zq`), that it
+//!   may [stop](OwnPostgres::stop) ([fast or immediate](PgStop)), [kill -9](OwnPostgres::kill9),
+//!   [start](OwnPostgres::start) and [restart](OwnPostgres::restart) without disturbing the shared
+//!   server; a new one per call, stopped and removed when dropped.
+//! - [`own_redis()`]: a `redis-server` of the test's own, with RDB snapshots or none
+//!   ([`RedisPersistence`]), that it may [save](OwnRedis::save), [kill -9](OwnRedis::kill9),
+//!   [restart from its last snapshot](OwnRedis::restart_from_snapshot) or
+//!   [shut down cleanly and start](OwnRedis::shutdown_and_start); a new one per call, stopped and
+//!   removed when dropped.
 //! - [`kafka()`]: librdkafka's mock cluster, in-process on its own thread (its handle is not
 //!   `Send`), speaking the Kafka protocol on loopback; a new one per call.
 //! - [`nisshi()`]: nisshi 0.8.1, an independent Kafka implementation, in its own process; a new
@@ -15,8 +24,9 @@
 //!   receives, for reading back; a new one per call.
 //!
 //! Where `ZQ_TEST_DATABASE_URL` / `ZQ_TEST_REDIS_URL` / `ZQ_TEST_KAFKA_BROKERS` are set, those
-//! servers are used instead (still a fresh database per test). With `ZQ_TEST_CONTAINERS=1` and the
-//! `containers` feature, Postgres and Redis come from testcontainers when a Docker engine answers.
+//! servers are used instead (still a fresh database per test); servers of a test's own are always
+//! started by testkit. With `ZQ_TEST_CONTAINERS=1` and the `containers` feature, Postgres and
+//! Redis come from testcontainers when a Docker engine answers.
 //!
 //! A server that cannot be had fails the test with what to install; nothing is skipped silently.
 //! Every server testkit starts is stopped when the test binary exits (an `atexit` hook), also when
@@ -40,8 +50,8 @@ pub use error::TestkitError;
 pub use kafka::{KafkaBroker, try_kafka};
 pub use murmur2::java_partition;
 pub use nisshi::{NISSHI_VERSION, try_nisshi};
-pub use postgres::{PostgresDatabase, try_postgres};
-pub use redis::{RedisDatabase, try_redis};
+pub use postgres::{OwnPostgres, PgStop, PostgresDatabase, try_own_postgres, try_postgres};
+pub use redis::{OwnRedis, RedisDatabase, RedisPersistence, try_own_redis, try_redis};
 pub use smtp::{SmtpServer, try_smtp};
 
 /// A fresh, empty database for this test. Panics with what to install when no Postgres can be had.
@@ -52,6 +62,18 @@ pub fn postgres() -> PostgresDatabase {
 /// A Redis database for this test. Panics with what to install when no Redis can be had.
 pub fn redis() -> RedisDatabase {
     try_redis().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A Postgres server of this test's own, to stop, kill and restart. Panics with what to install
+/// when Postgres is missing.
+pub fn own_postgres() -> OwnPostgres {
+    try_own_postgres().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A `redis-server` of this test's own, to kill and restart. Panics with what to install when
+/// Redis is missing.
+pub fn own_redis(persistence: RedisPersistence) -> OwnRedis {
+    try_own_redis(persistence).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A Kafka-protocol broker for this test. Panics when none can be had.

@@ -66,6 +66,23 @@ pub(crate) fn free_port() -> Result<u16, TestkitError> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Call `start` with a free port until it succeeds, a few times: another process may take the
+/// port between our finding it and the server's binding it. Returns the last attempt's error.
+pub(crate) fn start_on_a_free_port(
+    mut start: impl FnMut(u16) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        let port = free_port().map_err(|error| format!("no free port: {error}"))?;
+        match start(port) {
+            Ok(()) => return Ok(()),
+            Err(error) => last_error = error,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last_error)
+}
+
 /// Whether the tests run as root (Postgres then has to be started as the `postgres` user).
 pub(crate) fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -138,4 +155,53 @@ pub(crate) fn log_tail(log: &Path) -> String {
 /// Quote a path for `sh -c`.
 pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Whether something accepts TCP connections at `address`.
+pub(crate) fn accepts_connections(address: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+}
+
+/// Whether a process lives. A zombie does not: this machine's init may never reap a server that
+/// was detached from us (pg_ctl detaches Postgres), yet the zombie's pid still answers `kill -0`.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    process_stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+}
+
+/// SIGKILL a process and the processes it started (not theirs), all of them gone in the same
+/// instant, as when a server's container dies. Returns their ids, to wait for.
+pub(crate) fn kill_with_children(pid: i32) -> Vec<i32> {
+    // Stopped, it cannot start a process between our listing its children and its death.
+    signal(pid, libc::SIGSTOP);
+    let mut killed = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        killed.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&child| process_stat(child).is_some_and(|(_, parent)| parent == pid)),
+        );
+    }
+    // The parent first: a server whose child dies alone may start it again.
+    for &process in &killed {
+        signal(process, libc::SIGKILL);
+    }
+    killed
+}
+
+fn signal(pid: i32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a wrong pid only fails with ESRCH.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// A process's state letter and parent, from /proc/<pid>/stat.
+fn process_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name before them, in parentheses, may hold spaces and parentheses itself.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
 }

@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use testkit::{PgStop, RedisPersistence};
 
 /// `psql -tA -c sql` against a URL.
 fn psql(url: &str, sql: &str) -> Result<String, String> {
@@ -53,6 +54,141 @@ fn each_test_gets_a_fresh_postgres_database() {
         version.parse::<u32>().unwrap() >= 130000,
         "Postgres {version}"
     );
+}
+
+/// `redis-cli` against a URL; a missing key prints as an empty string.
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-u", url])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// 127.0.0.1:PORT of a server URL.
+fn address_of(url: &str) -> std::net::SocketAddr {
+    let after_scheme = url.split_once("://").unwrap().1;
+    let host_port = after_scheme.rsplit('@').next().unwrap();
+    host_port.split('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_own_postgres_keeps_committed_rows_across_stops_kills_and_restarts() {
+    let server = testkit::own_postgres();
+    assert!(server.url.ends_with("/zq"), "{}", server.url);
+    assert!(server.is_running());
+    psql(
+        &server.url,
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
+    let rows = || {
+        psql(
+            &server.url,
+            "SELECT string_agg(x::text, ',' ORDER BY x) FROM t",
+        )
+    };
+
+    server.restart(PgStop::Fast).unwrap();
+    assert_eq!(rows().unwrap(), "1");
+
+    server.stop(PgStop::Fast).unwrap();
+    assert!(!server.is_running());
+    assert!(rows().is_err(), "a stopped server answers");
+    server.start().unwrap();
+    assert_eq!(rows().unwrap(), "1");
+
+    // A row committed just before the kill is there after it: commits are not left in memory.
+    psql(&server.url, "INSERT INTO t VALUES (2)").unwrap();
+    // A backend busy with a statement does not keep the server from starting again.
+    let mut busy = Command::new("psql")
+        .args([
+            "--no-psqlrc",
+            "-d",
+            &server.url,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeping = || {
+        psql(
+            &server.url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'",
+        )
+    };
+    while sleeping().unwrap() != "1" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill9().unwrap();
+    assert!(!busy.wait().unwrap().success());
+    assert!(!server.is_running());
+    assert!(rows().is_err(), "a killed server answers");
+    server.start().unwrap();
+    assert_eq!(rows().unwrap(), "1,2");
+
+    // Twice in a row, then an immediate stop: crash recovery each time.
+    server.kill9().unwrap();
+    server.start().unwrap();
+    server.restart(PgStop::Immediate).unwrap();
+    assert_eq!(rows().unwrap(), "1,2");
+
+    let address = address_of(&server.url);
+    drop(server);
+    assert!(
+        TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err(),
+        "{address} still listens after the server was dropped"
+    );
+}
+
+#[test]
+fn an_own_redis_restarts_from_its_last_snapshot() {
+    let redis = testkit::own_redis(RedisPersistence::Rdb);
+    redis_cli(&redis.url, &["SET", "a", "1"]);
+    redis.save().unwrap();
+    redis_cli(&redis.url, &["SET", "b", "2"]);
+    let first_run = redis.run_id().unwrap();
+
+    redis.restart_from_snapshot().unwrap();
+    assert!(redis.is_running());
+    assert_eq!(redis_cli(&redis.url, &["GET", "a"]), "1");
+    assert_eq!(
+        redis_cli(&redis.url, &["GET", "b"]),
+        "",
+        "b came after the snapshot"
+    );
+    let second_run = redis.run_id().unwrap();
+    assert_ne!(first_run, second_run);
+
+    // A clean shutdown saves what was written since.
+    redis_cli(&redis.url, &["SET", "c", "3"]);
+    redis.shutdown_and_start().unwrap();
+    assert_eq!(redis_cli(&redis.url, &["MGET", "a", "c"]), "1\n3");
+    assert_ne!(redis.run_id().unwrap(), second_run);
+
+    redis.flushall().unwrap();
+    assert_eq!(redis_cli(&redis.url, &["DBSIZE"]), "0");
+    redis.kill9();
+    assert!(!redis.is_running());
+    let address = address_of(&redis.url);
+    assert!(TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err());
+    redis.start().unwrap();
+    assert_eq!(redis_cli(&redis.url, &["DBSIZE"]), "0");
+}
+
+#[test]
+fn an_own_redis_without_persistence_comes_back_empty() {
+    let redis = testkit::own_redis(RedisPersistence::None);
+    redis_cli(&redis.url, &["SET", "a", "1"]);
+    redis.shutdown_and_start().unwrap();
+    assert_eq!(redis_cli(&redis.url, &["DBSIZE"]), "0");
+    redis_cli(&redis.url, &["SET", "a", "1"]);
+    redis.restart_from_snapshot().unwrap();
+    assert_eq!(redis_cli(&redis.url, &["DBSIZE"]), "0");
 }
 
 #[test]

@@ -34,6 +34,8 @@ struct Recorder {
     most_at_once: AtomicUsize,
     /// While set, every record fails transiently.
     failing: AtomicBool,
+    /// While set, the records of this stream fail transiently (the others succeed).
+    failing_stream: Mutex<Option<String>>,
     delay: Duration,
 }
 
@@ -44,7 +46,9 @@ impl Handler for Recorder {
     }
 
     async fn handle(&self, record: &EventRecord) -> Result<Handled, HandlerError> {
-        if self.failing.load(Ordering::SeqCst) {
+        if self.failing.load(Ordering::SeqCst)
+            || self.failing_stream.lock().unwrap().as_deref() == Some(record.stream_id.as_str())
+        {
             return Err(HandlerError::Transient("the test says no".into()));
         }
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -349,6 +353,50 @@ async fn an_offset_is_never_committed_past_a_record_that_has_not_succeeded() {
         .await;
         assert_eq!(committed(&setup.kafka, &group), Some(2), "{mode:?}");
     }
+}
+
+/// Concurrent mode: records of other streams behind a failing one finish first, and the
+/// committed offset stays before the failing record (the completed prefix), however many
+/// records after it are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mode_commits_only_the_completed_prefix() {
+    let setup = setup().await;
+    let stuck = BookingId::new();
+    let others: Vec<BookingId> = (0..3).map(|_| BookingId::new()).collect();
+    let mut events = vec![(stuck.stream_id(), 1, email(stuck))];
+    events.extend(others.iter().map(|b| (b.stream_id(), 1, email(*b))));
+    publish(&setup.kafka, &events).await;
+    let group = "prefix";
+    let handler = Arc::new(Recorder::default());
+    *handler.failing_stream.lock().unwrap() = Some(stuck.stream_id());
+    let mode = Mode::Concurrent { max_in_flight: 4 };
+    // Stopped once the three later records are done while the first still fails.
+    let stats = run_until(
+        &setup,
+        config(&setup.kafka, group, mode),
+        handler.clone(),
+        |stats| {
+            ConsumerStats::get(&stats.processed) >= 3 && ConsumerStats::get(&stats.retried) >= 2
+        },
+    )
+    .await;
+    assert_eq!(ConsumerStats::get(&stats.processed), 3);
+    assert_eq!(
+        committed(&setup.kafka, group),
+        None,
+        "committed past the record at offset 0, which never succeeded"
+    );
+    // The failure gone: every record is done again from the start (nothing was committed)
+    // and the prefix covers all four.
+    *handler.failing_stream.lock().unwrap() = None;
+    run_until(
+        &setup,
+        config(&setup.kafka, group, mode),
+        handler.clone(),
+        |stats| ConsumerStats::get(&stats.processed) == 4,
+    )
+    .await;
+    assert_eq!(committed(&setup.kafka, group), Some(4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

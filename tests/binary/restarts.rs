@@ -200,7 +200,7 @@ fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
         wait_until(Duration::from_secs(30), "bookings before the restart", || {
             accepted() >= before + 20
         });
-        postgres.stop(mode);
+        postgres.stop(mode).unwrap();
         // While the store is down the API answers 503 + Retry-After within a second.
         let unavailable = log.lock().unwrap().unavailable;
         wait_until(Duration::from_secs(10), "a 503 while Postgres is down", || {

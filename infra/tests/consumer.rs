@@ -355,6 +355,81 @@ async fn an_offset_is_never_committed_past_a_record_that_has_not_succeeded() {
     }
 }
 
+/// Stands in for a side effect (an email): waits until released, then does the effect only
+/// if its lease is still valid.
+#[derive(Default)]
+struct LeaseProbe {
+    entered: AtomicBool,
+    released: AtomicBool,
+    effects: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for LeaseProbe {
+    fn subscribes_to(&self, event_type: &str) -> bool {
+        event_type == event_types::BOOKING_EMAIL_SENT
+    }
+
+    async fn handle(&self, _record: &EventRecord) -> Result<Handled, HandlerError> {
+        self.entered.store(true, Ordering::SeqCst);
+        while !self.released.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        infra::consumer::ensure_owned()?;
+        self.effects.fetch_add(1, Ordering::SeqCst);
+        Ok(Handled::Done)
+    }
+}
+
+/// A worker that stops (or loses its partition: the same lease) while a handler is mid-record
+/// makes the handler stop before its side effect; the record is not committed, and the next
+/// owner does the effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_stops_before_its_side_effect_once_its_lease_ends() {
+    let setup = setup().await;
+    let booking = BookingId::new();
+    publish(&setup.kafka, &[(booking.stream_id(), 1, email(booking))]).await;
+    let group = "lease";
+    let mode = Mode::Concurrent { max_in_flight: 4 };
+    let probe = Arc::new(LeaseProbe::default());
+    let consumer = ConsumerGroup::new(
+        config(&setup.kafka, group, mode),
+        setup.store.clone(),
+        probe.clone(),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let admin = KafkaTopicAdmin::new(&setup.kafka.bootstrap_servers).unwrap();
+    let running = tokio::spawn(async move {
+        let mut stopped = stopped;
+        consumer
+            .run(&admin, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !probe.entered.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the record never reached the handler");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The member stops while the handler is mid-record; then the handler goes on.
+    stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe.released.store(true, Ordering::SeqCst);
+    running.await.unwrap().unwrap();
+    assert_eq!(probe.effects.load(Ordering::SeqCst), 0, "a side effect after the lease ended");
+    assert_eq!(committed(&setup.kafka, group), None);
+    // The next owner does it, once.
+    let again = Arc::new(LeaseProbe::default());
+    again.released.store(true, Ordering::SeqCst);
+    run_until(&setup, config(&setup.kafka, group, mode), again.clone(), |stats| {
+        ConsumerStats::get(&stats.processed) == 1
+    })
+    .await;
+    assert_eq!(again.effects.load(Ordering::SeqCst), 1);
+    assert_eq!(committed(&setup.kafka, group), Some(1));
+}
+
 /// Concurrent mode: records of other streams behind a failing one finish first, and the
 /// committed offset stays before the failing record (the completed prefix), however many
 /// records after it are done.

@@ -164,6 +164,9 @@ impl Handler for NotifierHandler {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A revoked or stopping worker stops here, before the send: the partition's new
+            // owner sends this email once (infra::consumer::lease).
+            infra::consumer::ensure_owned()?;
             match self.mailer.send(&email).await {
                 Ok(()) => break,
                 Err(error) if error.is_transient() && self.retry.may_retry_after(attempt) => {

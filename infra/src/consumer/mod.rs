@@ -30,7 +30,11 @@
 //! heartbeat ([`progress`]), mirrors unmirrored dead letters, and runs the redrives operators
 //! asked for (`zingqueue dlq redrive`) through the same handler.
 //!
-//! Layout: `record` (what a record holds), `handler` (what services implement), `dead_letters`,
+//! **Leases.** Every handler call runs under its worker's lease ([`lease`]): a handler asks
+//! [`ensure_owned`] before a side effect outside the store, so a revoked or stopping worker
+//! stops before its next email or charge instead of repeating it beside the new owner.
+//!
+//! Layout: `record` (what a record holds), `handler` (what services implement), `lease`, `dead_letters`,
 //! `progress`, `lag` (consumer lag and group status, for the monitor), `worker` (the partition
 //! workers), this file (configuration, the group, the
 //! dispatcher and the rebalance hooks).
@@ -38,12 +42,14 @@
 pub mod dead_letters;
 pub mod handler;
 pub mod lag;
+pub mod lease;
 pub mod progress;
 pub mod record;
 mod worker;
 
 pub use dead_letters::{DLQ_CAUSES, DeadLetterSink, dlq_topic};
 pub use handler::{Handled, Handler, HandlerError};
+pub use lease::{ensure_owned, still_owned};
 pub use progress::{LogPrefix, Watermarks, watermark_checkpoint};
 pub use record::{EventRecord, Parsed, RawRecord};
 
@@ -416,7 +422,7 @@ impl ConsumerGroup {
             stats: self.stats.clone(),
             retry: config.retry,
             skip_through: watermark_start,
-            stopping: AtomicBool::new(false),
+            stopping: Arc::new(AtomicBool::new(false)),
             degraded: AtomicBool::new(false),
             watermarks: config.track_watermark.clone(),
             progress: Mutex::new(Progress {

@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::dead_letters::{CAUSE_HANDLER_FAILED, CAUSE_POISON, DeadLetterSink, raw_record_of};
 use super::handler::{Handled, Handler, HandlerError};
+use super::lease::Lease;
 use super::progress::Watermarks;
 use super::record::{EventRecord, Parsed, RawRecord, parse};
 use super::{ConsumerStats, GroupContext, Mode, Progress};
@@ -32,7 +33,8 @@ pub(crate) struct WorkerShared {
     pub retry: Backoff,
     /// Records at or below this log position were finished before a restart.
     pub skip_through: Position,
-    pub stopping: AtomicBool,
+    /// Set when the group stops (shared with every handler call's lease).
+    pub stopping: Arc<AtomicBool>,
     /// A handler call is retrying a transient failure (the group reports not ready).
     pub degraded: AtomicBool,
     pub watermarks: Option<Watermarks>,
@@ -96,6 +98,11 @@ impl WorkerShared {
         if self.degraded.swap(false, Ordering::Relaxed) {
             crate::resilience::Readiness::global().set_ready(&self.group);
         }
+    }
+
+    /// The lease a handler call of this worker runs under (see [`super::lease`]).
+    fn lease(&self, revoked: &Arc<AtomicBool>) -> Lease {
+        Lease::new(revoked.clone(), self.stopping.clone())
     }
 
     fn stopped(&self, revoked: &AtomicBool) -> bool {
@@ -189,7 +196,7 @@ async fn in_order(
 async fn handle_batch(
     shared: &Arc<WorkerShared>,
     batch: Vec<RawRecord>,
-    revoked: &AtomicBool,
+    revoked: &Arc<AtomicBool>,
 ) -> bool {
     let mut events = Vec::with_capacity(batch.len());
     for raw in batch {
@@ -225,7 +232,9 @@ async fn handle_batch(
     let mut attempt = 0u32;
     let outcomes = loop {
         attempt += 1;
-        let call = AssertUnwindSafe(shared.handler.handle_batch(&events)).catch_unwind();
+        let call = shared
+            .lease(revoked)
+            .scope(AssertUnwindSafe(shared.handler.handle_batch(&events)).catch_unwind());
         let started = std::time::Instant::now();
         let called = call.await;
         shared.record_duration(started);
@@ -383,7 +392,11 @@ fn spawn_one(
 }
 
 /// One record, from classification to a durable outcome. False if the worker stopped first.
-async fn process_one(shared: &Arc<WorkerShared>, raw: RawRecord, revoked: &AtomicBool) -> bool {
+async fn process_one(
+    shared: &Arc<WorkerShared>,
+    raw: RawRecord,
+    revoked: &Arc<AtomicBool>,
+) -> bool {
     match classify(shared, raw) {
         Classified::Finished => true,
         Classified::Poison {
@@ -465,7 +478,7 @@ fn classify(shared: &WorkerShared, raw: RawRecord) -> Classified {
 async fn handle_one(
     shared: &Arc<WorkerShared>,
     record: &EventRecord,
-    revoked: &AtomicBool,
+    revoked: &Arc<AtomicBool>,
 ) -> bool {
     let booking_id = match &record.event {
         domain::DomainEvent::Booking(event) => Some(event.booking_id()),
@@ -479,7 +492,9 @@ async fn handle_one(
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let call = AssertUnwindSafe(shared.handler.handle(record)).catch_unwind();
+            let call = shared
+                .lease(revoked)
+                .scope(AssertUnwindSafe(shared.handler.handle(record)).catch_unwind());
             let started = std::time::Instant::now();
             let called = call.await;
             shared.record_duration(started);

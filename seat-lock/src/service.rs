@@ -18,13 +18,18 @@
 //! - **Expiry** ([`SeatLock::sweep_expired`], run by [`run_sweeper`]): due holds from the hold
 //!   store's deadline set become `HoldExpired` (only if no payment was recorded first: the
 //!   booking decider's rule) and only then are the seats freed.
-//! - **Rebuild.** The hold store's epoch tells whether it lost its contents (a Redis flush or
-//!   restart, or a new process for the in-process store): seat-lock then rebuilds sold and held
-//!   seats from the log before it holds anything.
+//! - **Rebuild.** Every write to the hold store names the epoch this process rebuilt or adopted,
+//!   and the store refuses it when the epoch is no longer current: a Redis flush, a restart (even
+//!   one from an RDB or AOF file that brings the old epoch key back: the epoch carries the
+//!   server's `run_id`), or another process's rebuild. seat-lock then adopts the new epoch, waits
+//!   for a rebuild in progress, or rebuilds sold and held seats from the log itself, fenced by a
+//!   generation number from the event store (`SeatLock::current_epoch`), and writes again
+//!   (`SeatLock::under_epoch`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,7 +43,10 @@ use event_store::{EventStore, ExpectedVersion, Position, StoreError, StreamAppen
 use infra::commands::{Cause, CommandError, Decided, decide_booking};
 use infra::consumer::dead_letters::CAUSE_EXPIRED_SEATS;
 use infra::consumer::{EventRecord, Handled, Handler, HandlerError};
-use infra::holds::{HoldError, HoldOutcome, HoldRequest, HoldSnapshot, HoldStore};
+use infra::holds::{
+    GENERATION_COUNTER, HoldError, HoldOutcome, HoldRequest, HoldSnapshot, HoldStore,
+    rebuild_in_progress,
+};
 use infra::stored_events::{decode, to_new_event};
 use infra::streams::{LoadedShow, load_booking, load_show};
 use tracing::{info, warn};
@@ -47,6 +55,16 @@ use tracing::{info, warn};
 pub const GROUP: &str = "seat-lock";
 /// How many times a contended sale is decided again before the batch is retried.
 const MAX_SALE_RETRIES: u32 = 20;
+/// How many times a hold-store write is tried, adopting or rebuilding the epoch in between,
+/// before the batch is retried.
+const MAX_EPOCH_ATTEMPTS: u32 = 5;
+/// How many rebuilds one look for the epoch starts (each overtaken by another process's, or by
+/// a restart of the store) before the batch is retried.
+const MAX_REBUILDS: u32 = 5;
+/// How often to look whether another process's rebuild of the hold store is done.
+const REBUILD_POLL: Duration = Duration::from_millis(100);
+/// The most patience with another process's rebuild, however often ours was overtaken.
+const MAX_REBUILD_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct SeatLockConfig {
@@ -54,6 +72,11 @@ pub struct SeatLockConfig {
     pub hold: Duration,
     /// How often the sweeper looks for expired holds.
     pub sweep_every: Duration,
+    /// How long to wait for another process's rebuild of the hold store (a fence marker that
+    /// stays the same) before taking over from it, as from a crashed rebuilder. Doubled each
+    /// time this process's own rebuild is overtaken, so that rebuilds slower than this do not
+    /// keep overtaking each other.
+    pub rebuild_wait: Duration,
 }
 
 impl Default for SeatLockConfig {
@@ -61,8 +84,27 @@ impl Default for SeatLockConfig {
         SeatLockConfig {
             hold: Duration::from_secs(600),
             sweep_every: Duration::from_millis(250),
+            rebuild_wait: Duration::from_secs(10),
         }
     }
+}
+
+/// What this process knows of the hold store's epoch (behind one async mutex: one process looks
+/// for a new epoch at a time).
+#[derive(Debug, Default)]
+struct KnownEpoch {
+    /// The epoch this process rebuilt or adopted.
+    epoch: Option<String>,
+    /// The generation of this process's last fence: its marker is never waited for.
+    fenced: Option<u64>,
+}
+
+/// The hold-store writes seat-lock makes besides holds (see [`SeatLock::write_seats`]).
+#[derive(Debug, Clone, Copy)]
+enum SeatWrite {
+    Release,
+    MarkSold,
+    UnmarkSold,
 }
 
 pub struct SeatLock {
@@ -70,7 +112,7 @@ pub struct SeatLock {
     holds: Arc<dyn HoldStore>,
     config: SeatLockConfig,
     /// The hold store epoch this process rebuilt into or adopted.
-    epoch: tokio::sync::Mutex<Option<String>>,
+    epoch: tokio::sync::Mutex<KnownEpoch>,
     /// Shows at a known stream version (a show lives in one partition, so one worker uses it).
     shows: Mutex<HashMap<ShowId, LoadedShow>>,
 }
@@ -123,7 +165,7 @@ impl SeatLock {
             store,
             holds,
             config,
-            epoch: tokio::sync::Mutex::new(None),
+            epoch: tokio::sync::Mutex::new(KnownEpoch::default()),
             shows: Mutex::new(HashMap::new()),
         }
     }
@@ -132,29 +174,160 @@ impl SeatLock {
         chrono::Duration::from_std(self.config.hold).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// The epoch to hold under: adopted from the hold store when another process rebuilt it,
-    /// rebuilt from the log when it lost its contents.
+    /// The epoch to write under: the one this process knows unless that is `stale` (a write
+    /// under it was refused), else one adopted from the hold store, else a new one rebuilt from
+    /// the log. One caller at a time (the epoch mutex is held throughout).
+    ///
+    /// A ready epoch other than `stale` is adopted as it is (should it be dead, the server having
+    /// restarted since, the first write under it is refused and brings us back here with it as
+    /// `stale`). A fence marker of another process's rebuild is waited for, polling, until it
+    /// turns into a ready epoch; a marker that stays the same for
+    /// [`rebuild_wait`](SeatLockConfig::rebuild_wait) was left by a rebuilder that died and is
+    /// taken over. With nothing usable (no epoch: a flush, a fresh store; the stale epoch; our
+    /// own marker, left over) this process rebuilds: a new generation from the event store,
+    /// [`HoldStore::fence`], the log, [`HoldStore::rebuild`]. A fence or rebuild overtaken by a
+    /// newer generation goes back to waiting for that one.
     async fn current_epoch(&self, stale: Option<&str>) -> Result<String, Failure> {
-        let mut epoch = self.epoch.lock().await;
-        if let Some(known) = epoch.as_deref()
-            && Some(known) != stale
+        let mut known = self.epoch.lock().await;
+        if let Some(epoch) = known.epoch.as_deref()
+            && Some(epoch) != stale
         {
-            return Ok(known.to_string());
+            return Ok(epoch.to_string());
         }
-        let adopted = match self.holds.epoch().await? {
-            Some(current) if Some(current.as_str()) != stale => current,
-            _ => {
-                let snapshot = snapshot_from_log(&*self.store).await?;
-                info!(
-                    held = snapshot.held.len(),
-                    sold = snapshot.sold.len(),
-                    "hold store lost its contents (or is new): rebuilt from the log"
-                );
-                self.holds.rebuild(&snapshot, Utc::now()).await?
+        let mut patience = self.config.rebuild_wait;
+        // The marker being waited for, and since when it has been seen unchanged.
+        let mut waiting: Option<(String, Instant)> = None;
+        let mut rebuilds = 0;
+        let adopted = loop {
+            // Anything not adopted or waited for below is rebuilt: no epoch (a flush, a fresh
+            // store), the stale epoch, our own fence left over (a rebuild of ours that failed),
+            // a marker that stayed too long.
+            if let Some(current) = self.holds.epoch().await? {
+                match rebuild_in_progress(&current) {
+                    None if Some(current.as_str()) != stale => break current,
+                    Some(generation) if Some(generation) != known.fenced => {
+                        let since = match &waiting {
+                            Some((marker, since)) if *marker == current => *since,
+                            _ => {
+                                info!(generation, "the hold store is being rebuilt: waiting");
+                                waiting.insert((current.clone(), Instant::now())).1
+                            }
+                        };
+                        if since.elapsed() < patience {
+                            tokio::time::sleep(REBUILD_POLL).await;
+                            continue;
+                        }
+                        warn!(
+                            generation,
+                            "a rebuild of the hold store did not finish in time: taking over"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if rebuilds == MAX_REBUILDS {
+                return Err(Failure(transient(
+                    "the hold store kept changing while it was rebuilt",
+                )));
+            }
+            rebuilds += 1;
+            let generation = self.store.next_generation(GENERATION_COUNTER).await?;
+            match self.holds.fence(generation).await {
+                Ok(()) => known.fenced = Some(generation),
+                // A newer rebuild got there first: wait for it.
+                Err(HoldError::EpochChanged) => continue,
+                Err(error) => return Err(error.into()),
+            }
+            // The log is read only now, after the fence: from the fence on, every hold-store
+            // write fails, and seat-lock appends a sale's or release's event before it writes
+            // to the hold store, so every write that got in before the fence has its event in
+            // what this reads, and every later one is refused and made again under the new
+            // epoch. (Read before the fence, the snapshot could miss a write that lands in
+            // between, and would then overwrite it with older news: a sold seat turned back
+            // into a hold that runs out.) Holds are the exception, written before their
+            // `SeatsHeld`: `hold_run` checks the epoch again after appending and takes them
+            // again if it changed.
+            let snapshot = snapshot_from_log(&*self.store).await?;
+            match self.holds.rebuild(generation, &snapshot, Utc::now()).await {
+                Ok(epoch) => {
+                    info!(
+                        generation,
+                        held = snapshot.held.len(),
+                        sold = snapshot.sold.len(),
+                        "hold store rebuilt from the log (it lost its contents, restarted, or is new)"
+                    );
+                    break epoch;
+                }
+                Err(HoldError::EpochChanged) => {
+                    // Overtaken by a newer rebuild (or the store restarted meanwhile): be more
+                    // patient with the next one than the others were with ours.
+                    warn!(
+                        generation,
+                        "our rebuild of the hold store was overtaken: waiting for the newer one"
+                    );
+                    patience = (patience * 2).min(MAX_REBUILD_WAIT);
+                }
+                Err(error) => return Err(error.into()),
             }
         };
-        *epoch = Some(adopted.clone());
+        known.epoch = Some(adopted.clone());
         Ok(adopted)
+    }
+
+    /// Runs a hold-store write under the current epoch; when it is refused with
+    /// [`HoldError::EpochChanged`] (flushed, restarted, fenced or rebuilt by another process),
+    /// adopts or rebuilds the epoch ([`current_epoch`](Self::current_epoch)) and runs it again,
+    /// up to [`MAX_EPOCH_ATTEMPTS`] times in all (then a transient failure: the batch is
+    /// retried). A refused write changed nothing, so running it again is safe. Returns the
+    /// write's answer and the epoch it succeeded under.
+    async fn under_epoch<T, Fut>(
+        &self,
+        write: impl Fn(String) -> Fut,
+    ) -> Result<(T, String), Failure>
+    where
+        Fut: Future<Output = Result<T, HoldError>>,
+    {
+        let mut epoch = self.current_epoch(None).await?;
+        let mut attempts = 1;
+        loop {
+            match write(epoch.clone()).await {
+                Ok(answer) => return Ok((answer, epoch)),
+                Err(HoldError::EpochChanged) if attempts < MAX_EPOCH_ATTEMPTS => {
+                    warn!("the hold store's epoch changed: adopting or rebuilding it");
+                    attempts += 1;
+                    epoch = self.current_epoch(Some(&epoch)).await?;
+                }
+                Err(HoldError::EpochChanged) => {
+                    return Err(Failure(transient(
+                        "the hold store's epoch kept changing; retrying the batch",
+                    )));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Release, mark sold or unmark sold a booking's seats, under the current epoch
+    /// ([`under_epoch`](Self::under_epoch)).
+    async fn write_seats(
+        &self,
+        write: SeatWrite,
+        show_id: ShowId,
+        booking_id: BookingId,
+        seats: &BTreeSet<SeatId>,
+    ) -> Result<(), Failure> {
+        let holds = &*self.holds;
+        self.under_epoch(|epoch| async move {
+            match write {
+                SeatWrite::Release => holds.release(&epoch, show_id, booking_id, seats).await,
+                SeatWrite::MarkSold => holds.mark_sold(&epoch, show_id, booking_id, seats).await,
+                SeatWrite::UnmarkSold => {
+                    holds.unmark_sold(&epoch, show_id, booking_id, seats).await
+                }
+            }
+        })
+        .await
+        .map(|((), _)| ())
     }
 
     /// Hold the seats of consecutive booking requests and record the outcomes.
@@ -174,17 +347,11 @@ impl SeatLock {
                 expires_at,
             })
             .collect();
-        let mut epoch = self.current_epoch(None).await?;
-        let outcomes = loop {
-            match self.holds.hold(&epoch, &hold_requests, now).await {
-                Ok(outcomes) => break outcomes,
-                Err(HoldError::EpochChanged) => {
-                    warn!("the hold store's epoch changed: adopting or rebuilding before holding");
-                    epoch = self.current_epoch(Some(&epoch)).await?;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        };
+        let holds = &*self.holds;
+        let batch = hold_requests.as_slice();
+        let (outcomes, epoch) = self
+            .under_epoch(|epoch| async move { holds.hold(&epoch, batch, now).await })
+            .await?;
         let held: Vec<HoldRequest> = hold_requests
             .iter()
             .zip(&outcomes)
@@ -202,15 +369,32 @@ impl SeatLock {
         for outcome in futures::future::join_all(appends).await {
             outcome?;
         }
-        // Flushed between our hold and our appends? The rebuild may have read the log before
-        // our `SeatsHeld` were in it: take these holds (our own) again, with their expiries.
-        if !held.is_empty() && self.holds.epoch().await?.as_deref() != Some(epoch.as_str()) {
-            warn!(
-                holds = held.len(),
-                "the hold store changed while holding: taking the holds again"
-            );
-            let epoch = self.current_epoch(Some(&epoch)).await?;
-            self.holds.hold(&epoch, &held, now).await?;
+        // Fenced (flushed, restarted, rebuilt) between our hold and our appends? The rebuild
+        // may have read the log before our `SeatsHeld` were in it: take these holds (our own)
+        // again, with their expiries. A fence after this check reads a log that has them.
+        if !held.is_empty() {
+            match holds.check_epoch(&epoch).await {
+                Ok(()) => {}
+                Err(HoldError::EpochChanged) => {
+                    warn!(
+                        holds = held.len(),
+                        "the hold store changed while holding: taking the holds again"
+                    );
+                    let again = held.as_slice();
+                    let (outcomes, _) = self
+                        .under_epoch(|epoch| async move { holds.hold(&epoch, again, now).await })
+                        .await?;
+                    let lost = outcomes
+                        .iter()
+                        .filter(|outcome| !matches!(outcome, HoldOutcome::Held))
+                        .count();
+                    if lost > 0 {
+                        // Taken by others meanwhile; the show stream decides at the sale.
+                        warn!(lost, "some holds could not be taken again after a rebuild");
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
     }
@@ -267,9 +451,13 @@ impl SeatLock {
         .await?;
         if let (HoldOutcome::Held, Decided::Refused(refusal)) = (&outcome, &decided) {
             info!(booking_id = %request.booking_id, %refusal, "booking finished before its hold: releasing");
-            self.holds
-                .release(request.show_id, request.booking_id, &request.seats)
-                .await?;
+            self.write_seats(
+                SeatWrite::Release,
+                request.show_id,
+                request.booking_id,
+                &request.seats,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -393,8 +581,7 @@ impl SeatLock {
             match booking.status() {
                 BookingStatus::Paid => {}
                 BookingStatus::Confirmed => {
-                    self.holds
-                        .mark_sold(show_id, booking_id, booking.seats())
+                    self.write_seats(SeatWrite::MarkSold, show_id, booking_id, booking.seats())
                         .await?;
                     return Ok(Handled::Done);
                 }
@@ -402,8 +589,7 @@ impl SeatLock {
                     if booking.failure_reason()
                         == Some(domain::booking::FailureReason::SeatsLost) =>
                 {
-                    self.holds
-                        .release(show_id, booking_id, booking.seats())
+                    self.write_seats(SeatWrite::Release, show_id, booking_id, booking.seats())
                         .await?;
                     return Ok(lost_seats(
                         "the payment arrived after the hold expired; refunded",
@@ -437,8 +623,7 @@ impl SeatLock {
                         )
                         .await?
                     {
-                        self.holds
-                            .mark_sold(show_id, booking_id, booking.seats())
+                        self.write_seats(SeatWrite::MarkSold, show_id, booking_id, booking.seats())
                             .await?;
                         info!(%booking_id, %show_id, "seats sold, booking confirmed");
                         return Ok(Handled::Done);
@@ -471,8 +656,7 @@ impl SeatLock {
                         )
                         .await?;
                     if appended {
-                        self.holds
-                            .release(show_id, booking_id, booking.seats())
+                        self.write_seats(SeatWrite::Release, show_id, booking_id, booking.seats())
                             .await?;
                         let taken: Vec<String> = taken.iter().map(ToString::to_string).collect();
                         return Ok(lost_seats(&format!(
@@ -501,8 +685,7 @@ impl SeatLock {
                 if cancelled.previous_status == BookingStatus::Confirmed {
                     self.release_sold(record, show_id, booking_id, cancelled.by)
                         .await?;
-                    self.holds
-                        .unmark_sold(show_id, booking_id, &cancelled.seats)
+                    self.write_seats(SeatWrite::UnmarkSold, show_id, booking_id, &cancelled.seats)
                         .await?;
                 }
                 cancelled.seats.clone()
@@ -513,8 +696,8 @@ impl SeatLock {
                 None => BTreeSet::new(),
             },
         };
-        self.holds.release(show_id, booking_id, &seats).await?;
-        Ok(())
+        self.write_seats(SeatWrite::Release, show_id, booking_id, &seats)
+            .await
     }
 
     async fn release_sold(
@@ -586,15 +769,13 @@ impl SeatLock {
     /// Expire every hold whose deadline passed: `HoldExpired` first (unless a payment was
     /// recorded first), then free the seats. Returns how many bookings expired.
     pub async fn sweep_expired(&self) -> Result<usize, HoldError> {
-        // A flushed or restarted hold store has lost its deadlines too: rebuild (or adopt)
-        // before sweeping, even when no new request would trigger it.
-        let known = self.epoch.lock().await.clone();
-        let current = self.holds.epoch().await?;
-        if current.is_none() || current != known {
-            self.current_epoch(known.as_deref())
-                .await
-                .map_err(|Failure(error)| HoldError::Unavailable(error.to_string()))?;
-        }
+        // A flushed or restarted hold store has lost deadlines too (a Redis restarted from a
+        // snapshot even shows its old epoch, but with another run id): check that the epoch
+        // is live, rebuilding (or adopting) first if not, even when no new request would.
+        let holds = &*self.holds;
+        self.under_epoch(|epoch| async move { holds.check_epoch(&epoch).await })
+            .await
+            .map_err(|Failure(error)| HoldError::Unavailable(error.to_string()))?;
         let now = Utc::now();
         let due = self.holds.due_expiries(now, 500).await?;
         let mut expired = 0;
@@ -639,9 +820,13 @@ impl SeatLock {
         match decided {
             Decided::Refused(DomainError::HoldNotExpired { .. }) => Ok(false),
             Decided::Appended(_) => {
-                self.holds
-                    .release(show_id, booking_id, loaded.booking.seats())
-                    .await?;
+                self.write_seats(
+                    SeatWrite::Release,
+                    show_id,
+                    booking_id,
+                    loaded.booking.seats(),
+                )
+                .await?;
                 info!(%booking_id, %show_id, "hold expired, seats free again");
                 Ok(true)
             }

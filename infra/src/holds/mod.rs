@@ -351,3 +351,47 @@ fn hold_ttl_millis(expires_at: DateTime<Utc>, grace_millis: i64, now: DateTime<U
         .saturating_add(grace_millis)
         .saturating_sub(now.timestamp_millis())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_and_fence_markers_are_told_apart() {
+        assert_eq!(
+            EpochState::parse("12@e8e248e0"),
+            Some(EpochState::Ready {
+                generation: 12,
+                run_id: "e8e248e0"
+            })
+        );
+        assert_eq!(
+            EpochState::parse("rebuilding:7"),
+            Some(EpochState::Rebuilding { generation: 7 })
+        );
+        assert_eq!(
+            EpochState::parse(&ready_epoch(3, "abc")).map(EpochState::generation),
+            Some(3)
+        );
+        assert_eq!(rebuild_in_progress(&fence_marker(9)), Some(9));
+        assert_eq!(rebuild_in_progress("9@abc"), None);
+        for value in [
+            "",
+            "made-up",
+            "12@",
+            "@abc",
+            "+12@abc",
+            " 12@abc",
+            "x@abc",
+            "rebuilding:",
+            "rebuilding:+1",
+            "rebuilding:1@abc",
+            "99999999999999999999999@abc",
+            // An epoch of the versions before generations: a UUID.
+            "0b7e2d4c-3f0a-4c8e-9a57-3d2f0c1e9b1a",
+        ] {
+            assert_eq!(EpochState::parse(value), None, "{value:?}");
+            assert_eq!(rebuild_in_progress(value), None, "{value:?}");
+        }
+    }
+}

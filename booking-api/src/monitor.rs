@@ -147,6 +147,7 @@ const FUNNEL: &[(&str, &str)] = &[
     ("expired", event_types::BOOKING_HOLD_EXPIRED),
     ("cancelled", event_types::BOOKING_CANCELLED),
     ("failed", event_types::BOOKING_FAILED),
+    ("failed", event_types::BOOKING_ABANDONED),
     ("refunded", event_types::BOOKING_REFUNDED),
 ];
 

@@ -263,6 +263,21 @@ pub struct BookingCancelled {
     pub previous_status: BookingStatus,
 }
 
+/// `booking.abandoned.v1`: a service gave up on a record of the booking (a dead letter: a
+/// handler that failed for good or panicked, a decision the domain refused), so the booking
+/// ends `failed` instead of waiting for ever (DESIGN.md). A refund, if money was kept, is
+/// requested in the same append; seat-lock drops the hold. A type of its own, not a new
+/// `booking.failed` reason, so that services that do not know it skip it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingAbandoned {
+    pub booking_id: BookingId,
+    pub show_id: ShowId,
+    pub seats: BTreeSet<SeatId>,
+    pub previous_status: BookingStatus,
+    /// Why, for operators (the dead letter's reason).
+    pub reason: String,
+}
+
 /// `booking.refund_requested.v1`: give one charge back (payment carries it out).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRequested {
@@ -322,6 +337,7 @@ event_family! {
         Confirmed(BookingConfirmed) = event_types::BOOKING_CONFIRMED,
         Failed(BookingFailed) = event_types::BOOKING_FAILED,
         Cancelled(BookingCancelled) = event_types::BOOKING_CANCELLED,
+        Abandoned(BookingAbandoned) = event_types::BOOKING_ABANDONED,
         RefundRequested(RefundRequested) = event_types::BOOKING_REFUND_REQUESTED,
         Refunded(BookingRefunded) = event_types::BOOKING_REFUNDED,
         EmailSent(EmailSent) = event_types::BOOKING_EMAIL_SENT,
@@ -378,6 +394,9 @@ pub enum BookingCommand {
         charge_id: String,
         refund_id: String,
     },
+    /// End the booking because a service gave up on one of its records (the consumer runtime,
+    /// after a dead letter): `failed`, refunded if paid. Nothing to do once it has ended.
+    Abandon { reason: String },
     /// Record an email sent about an event (notifier).
     RecordEmailSent {
         about_event_id: EventId,
@@ -400,6 +419,7 @@ impl BookingCommand {
             Self::RecordSeatsLost => "record_seats_lost",
             Self::Cancel { .. } => "cancel",
             Self::RecordRefund { .. } => "record_refund",
+            Self::Abandon { .. } => "abandon",
             Self::RecordEmailSent { .. } => "record_email_sent",
         }
     }
@@ -440,6 +460,8 @@ enum Phase {
     Expired,
     Cancelled { by: CancelledBy },
     Failed { reason: FailureReason },
+    /// Ended by a service that gave up on one of its records (status `failed`).
+    Abandoned,
 }
 
 /// A booking, as its events made it. Build it by folding its events ([`evolve`]).
@@ -508,7 +530,7 @@ impl Booking {
             Phase::Rejected => BookingStatus::Rejected,
             Phase::Expired => BookingStatus::Expired,
             Phase::Cancelled { .. } => BookingStatus::Cancelled,
-            Phase::Failed { .. } => BookingStatus::Failed,
+            Phase::Failed { .. } | Phase::Abandoned => BookingStatus::Failed,
         }
     }
 
@@ -671,6 +693,7 @@ impl Booking {
             BookingCommand::Confirm => self.confirm(),
             BookingCommand::RecordSeatsLost => self.record_seats_lost(),
             BookingCommand::Cancel { by } => self.cancel(by),
+            BookingCommand::Abandon { reason } => Ok(self.abandon(reason)),
             BookingCommand::RecordRefund {
                 charge_id,
                 refund_id,
@@ -790,7 +813,8 @@ impl Booking {
             | Phase::Confirmed { .. }
             | Phase::Rejected
             | Phase::Cancelled { .. }
-            | Phase::Failed { .. } => Ok(vec![succeeded, self.refund(&charge_id, amount)]),
+            | Phase::Failed { .. }
+            | Phase::Abandoned => Ok(vec![succeeded, self.refund(&charge_id, amount)]),
         }
     }
 
@@ -862,6 +886,28 @@ impl Booking {
             }
             // Cancelling twice is refused too: the API answers 409 to a finished booking.
             _ => Err(self.already_finished()),
+        }
+    }
+
+    fn abandon(&self, reason: String) -> Vec<BookingEvent> {
+        let abandoned = BookingEvent::Abandoned(BookingAbandoned {
+            booking_id: self.booking_id,
+            show_id: self.show_id,
+            seats: self.seats.clone(),
+            previous_status: self.status(),
+            reason,
+        });
+        match &self.phase {
+            Phase::Requested | Phase::Held { .. } => vec![abandoned],
+            Phase::Paid { charge_id } => vec![abandoned, self.refund_paying_charge(charge_id)],
+            // Ended already (a confirmed booking stays confirmed: a dead letter about its email
+            // does not undo the sale). Nothing to do, so a redelivered abandon is harmless.
+            Phase::Confirmed { .. }
+            | Phase::Rejected
+            | Phase::Expired
+            | Phase::Cancelled { .. }
+            | Phase::Failed { .. }
+            | Phase::Abandoned => vec![],
         }
     }
 
@@ -977,6 +1023,7 @@ impl Booking {
             BookingEvent::Cancelled(cancelled) => {
                 self.phase = Phase::Cancelled { by: cancelled.by }
             }
+            BookingEvent::Abandoned(_) => self.phase = Phase::Abandoned,
             BookingEvent::RefundRequested(refund) => {
                 // A refund of a charge this state never saw still has to be tracked.
                 self.charges

@@ -30,6 +30,7 @@ pub mod event_types {
     pub const BOOKING_CONFIRMED: &str = "booking.confirmed.v1";
     pub const BOOKING_FAILED: &str = "booking.failed.v1";
     pub const BOOKING_CANCELLED: &str = "booking.cancelled.v1";
+    pub const BOOKING_ABANDONED: &str = "booking.abandoned.v1";
     pub const BOOKING_REFUND_REQUESTED: &str = "booking.refund_requested.v1";
     pub const BOOKING_REFUNDED: &str = "booking.refunded.v1";
     pub const BOOKING_EMAIL_SENT: &str = "booking.email_sent.v2";
@@ -54,6 +55,7 @@ pub mod event_types {
         BOOKING_CONFIRMED,
         BOOKING_FAILED,
         BOOKING_CANCELLED,
+        BOOKING_ABANDONED,
         BOOKING_REFUND_REQUESTED,
         BOOKING_REFUNDED,
         BOOKING_EMAIL_SENT,

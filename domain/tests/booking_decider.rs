@@ -691,6 +691,57 @@ fn a_finished_booking_cannot_be_cancelled() {
     }
 }
 
+// --- abandon (a service gave up on one of the booking's records) ------------------------------
+
+fn abandon() -> BookingCommand {
+    BookingCommand::Abandon {
+        reason: "the handler panicked".into(),
+    }
+}
+
+#[test]
+fn an_unfinished_booking_is_abandoned_as_failed_and_refunded_if_paid() {
+    given_booking(history_requested())
+        .when(abandon())
+        .then([abandoned(BookingStatus::Requested)]);
+    given_booking(history_held())
+        .when(abandon())
+        .then([abandoned(BookingStatus::Held)]);
+    given_booking(history_paid())
+        .when(abandon())
+        .then([abandoned(BookingStatus::Paid), refund_requested(CHARGE)]);
+    let booking = state_after(
+        [
+            history_paid(),
+            vec![abandoned(BookingStatus::Paid), refund_requested(CHARGE)],
+        ]
+        .concat(),
+    );
+    assert_eq!(booking.status(), BookingStatus::Failed);
+    assert_eq!(booking.refund_status(), RefundStatus::Pending);
+}
+
+#[test]
+fn an_ended_booking_is_left_as_it_is_by_an_abandon() {
+    let mut ended = finished_histories();
+    ended.push((BookingStatus::Confirmed, history_confirmed()));
+    ended.push((
+        BookingStatus::Failed,
+        [history_held(), vec![abandoned(BookingStatus::Held)]].concat(),
+    ));
+    for (status, history) in ended {
+        given_booking(history.clone()).when(abandon()).then_nothing();
+        assert_eq!(state_after(history).status(), status);
+    }
+}
+
+#[test]
+fn a_payment_after_an_abandon_is_recorded_and_refunded() {
+    given_booking([history_held(), vec![abandoned(BookingStatus::Held)]].concat())
+        .when(record_payment(CHARGE))
+        .then([payment_succeeded(CHARGE), refund_requested(CHARGE)]);
+}
+
 // --- refunds ----------------------------------------------------------------------------------
 
 fn history_refund_pending() -> Vec<BookingEvent> {

@@ -40,6 +40,7 @@ fn one_of_each() -> Vec<DomainEvent> {
         confirmed(),
         failed(FailureReason::SeatsLost),
         cancelled(CancelledBy::Admin, BookingStatus::Confirmed),
+        abandoned(BookingStatus::Paid),
         refund_requested(CHARGE),
         refunded(CHARGE, "rf_1"),
         BookingEvent::EmailSent(EmailSent {
@@ -205,6 +206,16 @@ fn every_type_keeps_its_field_names() {
         (
             "booking.cancelled.v1",
             &["booking_id", "by", "previous_status", "seats", "show_id"],
+        ),
+        (
+            "booking.abandoned.v1",
+            &[
+                "booking_id",
+                "previous_status",
+                "reason",
+                "seats",
+                "show_id",
+            ],
         ),
         (
             "booking.refund_requested.v1",

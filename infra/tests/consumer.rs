@@ -10,9 +10,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use domain::booking::{BookingEvent, BookingRejected, EmailChannel, EmailSent};
-use domain::{BookingId, DomainEvent, EventId, ShowId, event_types};
-use event_store::{EventMetadata, EventStore, Position, RecordedEvent};
+use domain::booking::{
+    self, BookingCommand, BookingEvent, BookingRejected, EmailChannel, EmailSent, RequestBooking,
+};
+use domain::{
+    BookingId, BookingStatus, Customer, DomainEvent, EventEnvelope, EventId, Money, ShowId,
+    event_types,
+};
+use event_store::{
+    EventMetadata, EventStore, ExpectedVersion, Position, RecordedEvent, StreamAppend,
+};
+use infra::stored_events::to_new_event;
 use infra::consumer::{
     ConsumerConfig, ConsumerGroup, ConsumerStats, EventRecord, Handled, Handler, HandlerError, Mode,
 };
@@ -428,6 +436,121 @@ async fn a_handler_stops_before_its_side_effect_once_its_lease_ends() {
     .await;
     assert_eq!(again.effects.load(Ordering::SeqCst), 1);
     assert_eq!(committed(&setup.kafka, group), Some(1));
+}
+
+/// Panics on the records of one booking; records the others.
+struct Panicker {
+    doomed: BookingId,
+    handled: Mutex<Vec<BookingId>>,
+}
+
+#[async_trait]
+impl Handler for Panicker {
+    fn subscribes_to(&self, event_type: &str) -> bool {
+        event_type == event_types::BOOKING_REQUESTED
+    }
+
+    async fn handle(&self, record: &EventRecord) -> Result<Handled, HandlerError> {
+        let DomainEvent::Booking(event) = &record.event else {
+            return Ok(Handled::Done);
+        };
+        assert!(event.booking_id() != self.doomed, "a bug in the handler");
+        self.handled.lock().unwrap().push(event.booking_id());
+        Ok(Handled::Done)
+    }
+}
+
+/// A requested booking, appended to the store as the API would; returns its event.
+async fn request_booking(store: &Arc<dyn EventStore>) -> (BookingId, DomainEvent) {
+    let booking_id = BookingId::new();
+    let events = booking::decide(
+        &None,
+        BookingCommand::Request(RequestBooking {
+            booking_id,
+            show_id: ShowId::new(),
+            seats: BTreeSet::from(["A-1-1".parse().unwrap()]),
+            customer: Customer::new("c-1", "ada@example.com", "Ada").unwrap(),
+            payment_method: None,
+            amount: Money::new(4_500, "EUR".parse().unwrap()),
+            requested_at: Utc::now(),
+            access: Default::default(),
+        }),
+    )
+    .unwrap();
+    let event = DomainEvent::from(events[0].clone());
+    let envelopes = EventEnvelope::fresh([event.clone()]);
+    let new_events = envelopes
+        .iter()
+        .map(|e| to_new_event(e, Utc::now()).unwrap())
+        .collect();
+    store
+        .append(StreamAppend::new(
+            booking_id.stream_id(),
+            ExpectedVersion::NoStream,
+            new_events,
+        ))
+        .await
+        .unwrap();
+    (booking_id, event)
+}
+
+/// A handler that panics on a record: the panic becomes a dead letter with the reason, the
+/// partition moves on to the next record, and the booking ends (`failed`, by
+/// `booking.abandoned.v1`) instead of waiting for ever. In order and concurrent alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_dead_lettered_ends_its_booking_and_the_partition_moves_on() {
+    for mode in [
+        Mode::InOrder { batch_max: 10 },
+        Mode::Concurrent { max_in_flight: 4 },
+    ] {
+        let setup = setup().await;
+        let (doomed, doomed_event) = request_booking(&setup.store).await;
+        let (fine, fine_event) = request_booking(&setup.store).await;
+        publish(
+            &setup.kafka,
+            &[
+                (doomed.stream_id(), 1, doomed_event),
+                (fine.stream_id(), 1, fine_event),
+            ],
+        )
+        .await;
+        let handler = Arc::new(Panicker {
+            doomed,
+            handled: Mutex::default(),
+        });
+        let group = format!("panic-{mode:?}").replace([' ', '{', '}', ':'], "");
+        let stats = run_until(
+            &setup,
+            config(&setup.kafka, &group, mode),
+            handler.clone(),
+            |stats| {
+                ConsumerStats::get(&stats.processed) == 2
+                    && ConsumerStats::get(&stats.dead_lettered) == 1
+            },
+        )
+        .await;
+        assert_eq!(*handler.handled.lock().unwrap(), vec![fine], "{mode:?}");
+        assert_eq!(committed(&setup.kafka, &group), Some(2), "{mode:?}");
+        let letters = setup
+            .store
+            .dead_letters(&event_store::DeadLetterQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(letters.len(), 1, "{mode:?}");
+        assert_eq!(letters[0].cause, "handler-failed");
+        assert!(letters[0].reason.contains("panicked"), "{}", letters[0].reason);
+        let ended = infra::streams::load_booking(&*setup.store, doomed)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.booking.status(), BookingStatus::Failed, "{mode:?}");
+        let untouched = infra::streams::load_booking(&*setup.store, fine)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(untouched.booking.status(), BookingStatus::Requested);
+        drop(stats);
+    }
 }
 
 /// Concurrent mode: records of other streams behind a failing one finish first, and the

@@ -110,6 +110,14 @@ fn outcome_of(
             };
             (Outcome::Failed, amount, detail)
         }
+        BookingEvent::Abandoned(abandoned) => {
+            let paid = abandoned.previous_status == domain::BookingStatus::Paid;
+            (
+                Outcome::Failed,
+                if paid { booking.amount() } else { nothing },
+                Some("We could not complete your booking.".into()),
+            )
+        }
         BookingEvent::Refunded(refunded) => (Outcome::Refunded, refunded.amount, None),
         _ => return None,
     })
@@ -125,6 +133,7 @@ impl Handler for NotifierHandler {
                 | event_types::BOOKING_HOLD_EXPIRED
                 | event_types::BOOKING_CANCELLED
                 | event_types::BOOKING_FAILED
+                | event_types::BOOKING_ABANDONED
                 | event_types::BOOKING_REFUNDED
         )
     }

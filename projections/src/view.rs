@@ -98,7 +98,9 @@ impl BookingView {
             }
             BookingEvent::PaymentFailed(_) => {}
             BookingEvent::Confirmed(_) => self.status = BookingStatus::Confirmed,
-            BookingEvent::Failed(_) => self.status = BookingStatus::Failed,
+            BookingEvent::Failed(_) | BookingEvent::Abandoned(_) => {
+                self.status = BookingStatus::Failed
+            }
             BookingEvent::Cancelled(_) => self.status = BookingStatus::Cancelled,
             BookingEvent::RefundRequested(refund) => {
                 self.charges
@@ -168,7 +170,7 @@ impl ShowStats {
             BookingEvent::Rejected(_) => self.rejected += 1,
             BookingEvent::HoldExpired(_) => self.expired += 1,
             BookingEvent::Cancelled(_) => self.cancelled += 1,
-            BookingEvent::Failed(_) => self.failed += 1,
+            BookingEvent::Failed(_) | BookingEvent::Abandoned(_) => self.failed += 1,
             BookingEvent::PaymentSucceeded(paid) => {
                 *self
                     .revenue

@@ -859,6 +859,7 @@ impl Handler for SeatLock {
                 | event_types::BOOKING_PAYMENT_SUCCEEDED
                 | event_types::BOOKING_CANCELLED
                 | event_types::BOOKING_FAILED
+                | event_types::BOOKING_ABANDONED
                 | event_types::BOOKING_HOLD_EXPIRED
         )
     }
@@ -903,6 +904,7 @@ impl Handler for SeatLock {
                 DomainEvent::Booking(
                     event @ (BookingEvent::Cancelled(_)
                     | BookingEvent::Failed(_)
+                    | BookingEvent::Abandoned(_)
                     | BookingEvent::HoldExpired(_)),
                 ) => {
                     self.release(record, event).await.map_err(|Failure(e)| e)?;
@@ -977,6 +979,7 @@ pub async fn snapshot_from_log(store: &dyn EventStore) -> Result<HoldSnapshot, S
                     | BookingEvent::HoldExpired(_)
                     | BookingEvent::Cancelled(_)
                     | BookingEvent::Failed(_)
+                    | BookingEvent::Abandoned(_)
                     | BookingEvent::Rejected(_),
                 ) => {
                     if let DomainEvent::Booking(event) = &event {

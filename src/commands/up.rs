@@ -48,13 +48,17 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let (brokers, topic_admin) = super::kafka(global, true)?;
     // Every topic exists before anything is announced: a client producing to a missing topic
     // would have the broker create it with its own partition count.
-    infra::consumer::ensure_topics(
-        topic_admin.as_ref(),
-        infra::kafka::BOOKING_EVENTS_TOPIC,
-        global.partitions,
-    )
+    // Waits while the broker is away; a topic with another partition count stops `up`.
+    infra::resilience::until_available("up", "creating the topics", super::interrupted(), || {
+        infra::consumer::ensure_topics(
+            topic_admin.as_ref(),
+            infra::kafka::BOOKING_EVENTS_TOPIC,
+            global.partitions,
+        )
+    })
     .await
-    .context("creating the topics")?;
+    .context("creating the topics")?
+    .ok_or_else(|| anyhow::anyhow!("interrupted while creating the topics"))?;
     let listener = tokio::net::TcpListener::bind(global.listen)
         .await
         .with_context(|| format!("listening on {}", global.listen))?;
@@ -75,7 +79,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     let payment = services::payment(
         global,
         store.clone(),
-        services::payment_gateway(global),
+        services::payment_gateway(global).await?,
         &brokers,
         watermarks.as_ref(),
     );

@@ -248,7 +248,11 @@ fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
 /// cannot create, then exit. Now the dev broker creates every topic and a booking completes.
 #[test]
 fn up_runs_against_the_dev_broker() {
-    let (_broker, bootstrap) = spawn_until(&["dev-broker"], &[], "bootstrap servers:");
+    let (_broker, bootstrap) = spawn_until(
+        &["dev-broker"],
+        &[("ZQ_PARTITIONS", "4")],
+        "bootstrap servers:",
+    );
     let database = testkit::postgres();
     let data_dir = tempfile::tempdir().unwrap();
     let data_dir = data_dir.path().to_str().unwrap();

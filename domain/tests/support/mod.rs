@@ -8,7 +8,7 @@ use std::fmt::Debug;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::booking::{
-    BookingCancelled, BookingConfirmed, BookingFailed, BookingRefunded, BookingRejected,
+    BookingAbandoned, BookingCancelled, BookingConfirmed, BookingFailed, BookingRefunded, BookingRejected,
     BookingRequested, CancelledBy, FailureReason, HoldExpired, PaymentFailed, PaymentFailureReason,
     PaymentSucceeded, RefundRequested, RequestBooking, SeatsHeld,
 };
@@ -265,6 +265,16 @@ pub fn cancelled(by: CancelledBy, previous_status: BookingStatus) -> BookingEven
         by,
         seats: booked_seats(),
         previous_status,
+    })
+}
+
+pub fn abandoned(previous_status: BookingStatus) -> BookingEvent {
+    BookingEvent::Abandoned(BookingAbandoned {
+        booking_id: the_booking(),
+        show_id: show_id(),
+        seats: booked_seats(),
+        previous_status,
+        reason: "the handler panicked".into(),
     })
 }
 

@@ -23,7 +23,10 @@
 //!
 //! **Errors.** Records of types the handler does not subscribe to, and types this build does not
 //! know, are skipped and counted. A record that is not a valid event of a subscribed type is
-//! poison: a dead letter with the reason ([`dead_letters`]). [`HandlerError::Transient`] retries
+//! poison: a dead letter with the reason ([`dead_letters`]). A dead letter of a booking's record
+//! also ends the booking (`booking.abandoned.v1`: failed, refunded if paid), so that no booking
+//! waits for ever on a record nobody will finish (DESIGN.md); a booking that has ended already
+//! is left as it is. [`HandlerError::Transient`] retries
 //! with exponential backoff and jitter ([`crate::backoff`]) until it succeeds or the group stops.
 //!
 //! **Progress and redrives.** Every second a task saves each partition's progress with a
@@ -419,6 +422,7 @@ impl ConsumerGroup {
             handler: self.handler.clone(),
             consumer: consumer.clone(),
             dead_letters: dead_letters.clone(),
+            store: self.store.clone(),
             stats: self.stats.clone(),
             retry: config.retry,
             skip_through: watermark_start,

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::dead_letters::{CAUSE_HANDLER_FAILED, CAUSE_POISON, DeadLetterSink, raw_record_of};
 use super::handler::{Handled, Handler, HandlerError};
@@ -29,6 +29,8 @@ pub(crate) struct WorkerShared {
     pub handler: Arc<dyn Handler>,
     pub consumer: Arc<StreamConsumer<GroupContext>>,
     pub dead_letters: Arc<DeadLetterSink>,
+    /// Where a dead-lettered booking is ended.
+    pub store: Arc<dyn EventStore>,
     pub stats: Arc<ConsumerStats>,
     pub retry: Backoff,
     /// Records at or below this log position were finished before a restart.
@@ -530,38 +532,92 @@ async fn settle(
     revoked: &AtomicBool,
 ) -> bool {
     shared.stats.processed.fetch_add(1, Ordering::Relaxed);
-    match outcome {
-        Ok(Handled::Done) => true,
+    let (cause, reason, attempts, first_failed_at) = match outcome {
+        Ok(Handled::Done) => return true,
         Ok(Handled::DeadLetter {
             cause,
             reason,
             attempts,
             first_failed_at,
-        }) => {
-            dead_letter(
-                shared,
-                &record.raw,
-                Some(&record.event_type),
-                cause,
-                &reason,
-                attempts,
-                first_failed_at,
-                revoked,
-            )
-            .await
-        }
-        Err(error) => {
-            dead_letter(
-                shared,
-                &record.raw,
-                Some(&record.event_type),
-                CAUSE_HANDLER_FAILED,
-                &error.to_string(),
-                attempts,
-                first_failed_at,
-                revoked,
-            )
-            .await
+        }) => (cause, reason, attempts, first_failed_at),
+        Err(error) => (
+            CAUSE_HANDLER_FAILED,
+            error.to_string(),
+            attempts,
+            first_failed_at,
+        ),
+    };
+    dead_letter(
+        shared,
+        &record.raw,
+        Some(&record.event_type),
+        cause,
+        &reason,
+        attempts,
+        first_failed_at,
+        revoked,
+    )
+    .await
+        && end_booking(shared, record, cause, &reason, revoked).await
+}
+
+/// A record of a booking was dead-lettered: end the booking (`booking.abandoned.v1`, refunded
+/// if paid), unless it has ended already. Retried while the store is away. False if the
+/// worker stopped first (the record is then redone, its dead letter kept once by its id).
+async fn end_booking(
+    shared: &Arc<WorkerShared>,
+    record: &EventRecord,
+    cause: &str,
+    reason: &str,
+    revoked: &AtomicBool,
+) -> bool {
+    let booking_id = match &record.event {
+        domain::DomainEvent::Booking(event) => Some(event.booking_id()),
+        domain::DomainEvent::Show(event) => event.booking_id(),
+    };
+    let Some(booking_id) = booking_id else {
+        return true;
+    };
+    let handler = format!("{}/abandon", shared.group);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let decided = crate::commands::decide_booking(
+            &*shared.store,
+            booking_id,
+            crate::commands::Cause::of(record),
+            &handler,
+            |_| domain::BookingCommand::Abandon {
+                reason: format!("{cause}: {reason}"),
+            },
+        )
+        .await;
+        match decided {
+            Ok(crate::commands::Decided::Appended(_)) => {
+                warn!(group = %shared.group, %booking_id, cause,
+                      "a record of the booking was dead-lettered: the booking is abandoned");
+                return true;
+            }
+            Ok(_) | Err(crate::commands::CommandError::NoSuchBooking(_)) => return true,
+            Err(error) => match HandlerError::from(error) {
+                HandlerError::Transient(reason) => {
+                    if !wait_to_retry(
+                        shared,
+                        attempt,
+                        &format!("ending a dead-lettered booking: {reason}"),
+                        revoked,
+                    )
+                    .await
+                    {
+                        return false;
+                    }
+                }
+                HandlerError::Permanent(reason) => {
+                    error!(group = %shared.group, %booking_id, %reason,
+                           "a dead-lettered booking could not be ended");
+                    return true;
+                }
+            },
         }
     }
 }

@@ -57,6 +57,11 @@ pub enum TestkitError {
 }
 
 impl TestkitError {
+    /// `map_err` for a start that failed with a reason.
+    pub(crate) fn start_failed(server: &'static str) -> impl FnOnce(String) -> Self {
+        move |reason| Self::StartFailed { server, reason }
+    }
+
     pub(crate) fn control(server: &'static str, action: &'static str, reason: String) -> Self {
         Self::Control {
             server,

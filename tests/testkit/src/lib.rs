@@ -20,6 +20,10 @@
 //!   `Send`), speaking the Kafka protocol on loopback; a new one per call.
 //! - [`nisshi()`]: nisshi 0.8.1, an independent Kafka implementation, in its own process; a new
 //!   one per call. [`java_partition`] is the Java client's partitioner, to check keys against.
+//! - [`own_nisshi()`]: a nisshi broker of the test's own, with memory or Postgres storage
+//!   ([`NisshiStorage`]), that it may [kill -9](OwnNisshi::kill9), [start](OwnNisshi::start) and
+//!   [restart](OwnNisshi::restart) on the same port; with Postgres storage it keeps its topics,
+//!   records and group offsets across restarts, as a Kafka keeps its log on disk.
 //! - [`smtp()`]: a throwaway SMTP server (Debian's `python3-aiosmtpd`) that keeps every message it
 //!   receives, for reading back; a new one per call.
 //!
@@ -49,7 +53,7 @@ mod smtp;
 pub use error::TestkitError;
 pub use kafka::{KafkaBroker, try_kafka};
 pub use murmur2::java_partition;
-pub use nisshi::{NISSHI_VERSION, try_nisshi};
+pub use nisshi::{NISSHI_VERSION, NisshiStorage, OwnNisshi, try_nisshi, try_own_nisshi};
 pub use postgres::{OwnPostgres, PgStop, PostgresDatabase, try_own_postgres, try_postgres};
 pub use redis::{OwnRedis, RedisDatabase, RedisPersistence, try_own_redis, try_redis};
 pub use smtp::{SmtpServer, try_smtp};
@@ -85,6 +89,12 @@ pub fn kafka() -> KafkaBroker {
 /// how to install it when it is missing.
 pub fn nisshi() -> KafkaBroker {
     try_nisshi().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A nisshi broker of this test's own, to kill and restart, keeping its data in `storage`. Panics
+/// with how to install nisshi when it is missing.
+pub fn own_nisshi(storage: NisshiStorage) -> OwnNisshi {
+    try_own_nisshi(storage).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A fresh SMTP server that keeps what it receives. Panics with what to install when aiosmtpd is

@@ -483,7 +483,7 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 /// A URL with its password hidden, for logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Mutex, Once};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::TestkitError;
@@ -57,6 +57,105 @@ pub(crate) fn on_exit(stop: impl FnOnce() + Send + 'static, guardian_command: &s
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+}
+
+/// A server process testkit starts as its child, in a temporary folder of its own, and may kill
+/// and start again: the running process, if any, and the pid file in the folder through which
+/// the guardian finds it (restarts change the process). Clones share the process, so that the
+/// exit hook kills the current one.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildServer {
+    dir: PathBuf,
+    pidfile: PathBuf,
+    child: Arc<Mutex<Option<Child>>>,
+}
+
+impl ChildServer {
+    /// A server in a new temporary folder named `prefix…`, whose pid file is `pidfile` in it, not
+    /// running yet. When the test binary exits, or dies without its exit hooks, the process is
+    /// killed and the folder removed.
+    pub(crate) fn in_new_folder(prefix: &str, pidfile: &str) -> Result<Self, TestkitError> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
+        let server = ChildServer {
+            pidfile: dir.join(pidfile),
+            dir,
+            child: Arc::default(),
+        };
+        let guardian = format!(
+            "kill -9 \"$(cat {})\" 2>/dev/null; rm -rf {}",
+            shell_quote(server.pidfile.to_str().unwrap_or_default()),
+            shell_quote(server.dir.to_str().unwrap_or_default())
+        );
+        let in_hook = server.clone();
+        on_exit(move || in_hook.remove(), &guardian);
+        Ok(server)
+    }
+
+    /// The first start: `start` on a free port, tried on a few (see [`start_on_a_free_port`]).
+    /// When none works, the folder is removed.
+    pub(crate) fn first_start(
+        &self,
+        server: &'static str,
+        start: impl FnMut(u16) -> Result<(), String>,
+    ) -> Result<(), TestkitError> {
+        start_on_a_free_port(start).map_err(|reason| {
+            self.remove();
+            TestkitError::start_failed(server)(reason)
+        })
+    }
+
+    /// The running process, for a start: an error if one runs already.
+    pub(crate) fn lock_stopped(&self) -> Result<MutexGuard<'_, Option<Child>>, String> {
+        let running = self.lock();
+        match *running {
+            Some(_) => Err("it is running already".into()),
+            None => Ok(running),
+        }
+    }
+
+    /// The server's folder.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the running process's id is written (by the server or by its starter).
+    pub(crate) fn pidfile(&self) -> &Path {
+        &self.pidfile
+    }
+
+    /// The running process; a start puts it here.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Child>> {
+        // A panic while holding the lock leaves the child as valid as before.
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// SIGKILL the process, if it runs, and wait until it has exited.
+    pub(crate) fn kill(&self) {
+        if let Some(mut child) = self.lock().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A killed server leaves its pid file: the guardian must not kill whoever gets the pid.
+        let _ = std::fs::remove_file(&self.pidfile);
+    }
+
+    /// Whether the process lives (it may not answer yet).
+    pub(crate) fn alive(&self) -> bool {
+        self.lock()
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Kill the process, if it runs, and remove the folder.
+    pub(crate) fn remove(&self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `127.0.0.1:port`.
+pub(crate) fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A port that was free a moment ago. Another process may take it before the server binds it;

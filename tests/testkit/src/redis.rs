@@ -4,15 +4,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use crate::error::TestkitError;
-use crate::process::{
-    find_program, log_tail, on_exit, shell_quote, start_on_a_free_port, tcp_exchange, wait_until,
-};
+use crate::process::{ChildServer, find_program, log_tail, loopback, tcp_exchange, wait_until};
 
 /// Databases the started server offers; tests get them in turn.
 const DATABASES: u32 = 64;
@@ -170,7 +168,7 @@ pub fn try_own_redis(persistence: RedisPersistence) -> Result<OwnRedis, TestkitE
     eprintln!(
         "testkit: {} has its own Redis {url} ({persistence:?}) in {}",
         crate::test_name(),
-        server.dir.display()
+        server.process.dir().display()
     );
     Ok(OwnRedis {
         url,
@@ -209,7 +207,7 @@ impl OwnRedis {
 
     /// SIGKILL the server and wait for it to be gone. Nothing is saved.
     pub fn kill9(&self) {
-        self.server.kill();
+        self.server.process.kill();
     }
 
     /// Start the server again: same port, same folder, so it loads its last snapshot, if any.
@@ -262,7 +260,7 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        self.server.remove();
+        self.server.process.remove();
     }
 }
 
@@ -270,13 +268,11 @@ impl Drop for OwnRedis {
 #[derive(Debug, Clone)]
 struct LocalRedis {
     program: PathBuf,
-    /// The snapshot, the log and the pid file.
-    dir: PathBuf,
     port: u16,
     /// Options beyond the port and the files: persistence, databases.
     options: Vec<String>,
-    /// The running server, if any; each start replaces it. Shared with the exit hook.
-    child: Arc<Mutex<Option<Child>>>,
+    /// The process, in a folder with the snapshot, the log and the pid file.
+    process: ChildServer,
 }
 
 impl LocalRedis {
@@ -290,56 +286,33 @@ impl LocalRedis {
                 package: "redis-server",
                 variable: "ZQ_TEST_REDIS_URL",
             })?;
-        let dir = tempfile::Builder::new()
-            .prefix("zq-testkit-redis-")
-            .tempdir()?
-            .keep();
         let mut server = LocalRedis {
             program,
-            dir,
             port: 0,
             options,
-            child: Arc::default(),
+            process: ChildServer::in_new_folder("zq-testkit-redis-", "redis.pid")?,
         };
-        // The guardian finds the server through its pid file, since restarts change the process.
-        let guardian = format!(
-            "kill \"$(cat {})\" 2>/dev/null; rm -rf {}",
-            shell_quote(server.pidfile().to_str().unwrap_or_default()),
-            shell_quote(server.dir.to_str().unwrap_or_default())
-        );
-        let in_hook = server.clone();
-        on_exit(move || in_hook.remove(), &guardian);
-
-        let started = start_on_a_free_port(|port| {
+        let process = server.process.clone();
+        process.first_start("Redis", |port| {
             server.port = port;
             server.start()
-        });
-        if let Err(reason) = started {
-            server.remove();
-            return Err(TestkitError::StartFailed {
-                server: "Redis",
-                reason,
-            });
-        }
+        })?;
         Ok(server)
     }
 
     /// Start the server on its port, waiting until it answers PING (after loading its snapshot).
     fn start(&self) -> Result<(), String> {
-        let mut running = self.lock_child();
-        if running.is_some() {
-            return Err("it is running already".into());
-        }
-        let log = self.dir.join("redis.log");
+        let mut running = self.process.lock_stopped()?;
+        let log = self.process.dir().join("redis.log");
         let mut child = Command::new(&self.program)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "no", "--dbfilename", "dump.rdb"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.process.dir())
             .arg("--logfile")
             .arg(&log)
             .arg("--pidfile")
-            .arg(self.pidfile())
+            .arg(self.process.pidfile())
             .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -365,19 +338,9 @@ impl LocalRedis {
         ))
     }
 
-    /// SIGKILL the server, if it runs, and wait for it.
-    fn kill(&self) {
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // A killed server leaves its pid file: the guardian must not kill whoever gets the pid.
-        let _ = std::fs::remove_file(self.pidfile());
-    }
-
     /// SHUTDOWN SAVE|NOSAVE, and wait until the server has exited.
     fn shutdown(&self, how: &str) -> Result<(), String> {
-        let mut running = self.lock_child();
+        let mut running = self.process.lock();
         let Some(child) = running.as_mut() else {
             return Err("it is not running".into());
         };
@@ -395,30 +358,13 @@ impl LocalRedis {
     }
 
     fn is_running(&self) -> bool {
-        self.lock_child()
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.process.alive()
             && tcp_exchange(self.address(), b"PING\r\n")
                 .is_ok_and(|answer| answer.starts_with(b"+PONG"))
     }
 
-    /// Stop the server, if it runs, and remove its folder.
-    fn remove(&self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-
-    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
-        // A panic while holding the lock leaves the child as valid as before.
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn pidfile(&self) -> PathBuf {
-        self.dir.join("redis.pid")
-    }
-
     fn address(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        loopback(self.port)
     }
 
     fn url(&self) -> String {

@@ -267,7 +267,7 @@ fn the_mock_kafka_cluster_stores_and_serves_records() {
     assert_eq!(metadata.topics()[0].partitions().len(), 3);
 }
 
-/// Run as a child of the two tests below (they set ZQ_TESTKIT_CHILD): start both servers, say
+/// Run as a child of the two tests below (they set ZQ_TESTKIT_CHILD): start the servers, say
 /// where they are, then panic, or hang until killed. Run on its own, there is nothing to do.
 #[test]
 fn child_starts_servers_then_panics_or_hangs() {
@@ -275,8 +275,12 @@ fn child_starts_servers_then_panics_or_hangs() {
         return;
     };
     let postgres = testkit::postgres();
+    let nisshi = testkit::own_nisshi(testkit::NisshiStorage::Memory);
+    // Restarted, so that the guardian has to find the broker's new process.
+    nisshi.restart().unwrap();
     let redis = testkit::redis();
     println!("CHILD_POSTGRES={}", postgres.url);
+    println!("CHILD_NISSHI={}", nisshi.bootstrap_servers);
     println!("CHILD_REDIS={}", redis.url);
     if mode == "hang" {
         std::thread::sleep(Duration::from_secs(120));
@@ -331,6 +335,7 @@ fn servers_are_stopped_when_the_test_binary_is_killed() {
     }
     let servers = [
         reported_address(&stdout, "CHILD_POSTGRES="),
+        reported_address(&stdout, "CHILD_NISSHI="),
         reported_address(&stdout, "CHILD_REDIS="),
     ];
     for server in servers {
@@ -358,6 +363,7 @@ fn servers_are_stopped_when_a_test_panics() {
     assert!(!output.status.success(), "the child test should fail");
     for server in [
         reported_address(&stdout, "CHILD_POSTGRES="),
+        reported_address(&stdout, "CHILD_NISSHI="),
         reported_address(&stdout, "CHILD_REDIS="),
     ] {
         // The exit hook has run by the time the child is gone: nothing listens any more.

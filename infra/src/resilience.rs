@@ -143,11 +143,12 @@ impl Readiness {
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// The backoff between a component's attempts: quick at first (a restart of Postgres takes about
-/// a second), at most 5 s apart (so a component resumes within seconds of its server).
+/// a second), at most 2 s apart (so a component resumes within about a second of its server, on
+/// average, however long the server was away; a retry is one cheap connection attempt).
 pub const COMPONENT_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(100),
     factor: 2.0,
-    max_delay: Duration::from_secs(5),
+    max_delay: Duration::from_secs(2),
     max_attempts: u32::MAX,
 };
 

@@ -118,10 +118,12 @@ impl ConsumerConfig {
             partitions: DEFAULT_PARTITIONS,
             mode,
             queue_per_partition: 1_000,
+            // Capped at 2 s: a store or Redis that comes back is used again within about a
+            // second (see `crate::resilience::COMPONENT_BACKOFF`).
             retry: Backoff {
                 base: Duration::from_millis(50),
                 factor: 2.0,
-                max_delay: Duration::from_secs(5),
+                max_delay: Duration::from_secs(2),
                 max_attempts: u32::MAX,
             },
             session_timeout: Duration::from_secs(10),

@@ -248,15 +248,23 @@ macro_rules! read_models {
             tables: &TableSet,
             with_customer_index: bool,
         ) -> Result<(), ProjectionError> {
-            sqlx::query(CHECKPOINTS).execute(pool).await?;
-            sqlx::query(GENERATIONS).execute(pool).await?;
-            sqlx::query(REPLAYERS).execute(pool).await?;
+            // One transaction, serialized between processes: two processes starting at once
+            // (two API replicas) would otherwise race on `CREATE TABLE IF NOT EXISTS`, which
+            // Postgres answers with a unique violation in its catalog.
+            let mut tx = pool.begin().await?;
+            for statement in CREATE_SETTINGS {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
+            sqlx::query(GENERATIONS).execute(&mut *tx).await?;
+            sqlx::query(REPLAYERS).execute(&mut *tx).await?;
             for statement in tables.schema() {
-                sqlx::query(&statement).execute(pool).await?;
+                sqlx::query(&statement).execute(&mut *tx).await?;
             }
             if with_customer_index {
-                sqlx::query(&tables.customer_index()).execute(pool).await?;
+                sqlx::query(&tables.customer_index()).execute(&mut *tx).await?;
             }
+            tx.commit().await?;
             Ok(())
         }
 
@@ -733,6 +741,10 @@ mod postgres {
         "SET LOCAL synchronous_commit = on",
     ];
 
+    /// Creating the tables takes a transaction-scoped advisory lock (any number of ours: it
+    /// names "read-model schema"), so concurrent creators take turns.
+    const CREATE_SETTINGS: &[&str] = &["SELECT pg_advisory_xact_lock(7254011001)"];
+
     /// The shadow's customer index, built before the switch (the bulk load ran without it);
     /// the switch renames it.
     fn index_before_switch(tables: &TableSet) -> Option<String> {
@@ -768,6 +780,9 @@ mod sqlite {
     /// read-model commit: a power cut right after it can undo it (the old tables and their
     /// checkpoint come back together); the store's next commit, synchronous, makes it durable.
     const SWITCH_SETTINGS: &[&str] = &[];
+
+    /// SQLite has one writer at a time by nature.
+    const CREATE_SETTINGS: &[&str] = &[];
 
     /// None: SQLite builds the customer index inside the switch (see `rename_indexes`).
     fn index_before_switch(_: &TableSet) -> Option<String> {

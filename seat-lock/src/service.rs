@@ -449,8 +449,11 @@ impl SeatLock {
             |_| command.clone(),
         )
         .await?;
-        if let (HoldOutcome::Held, Decided::Refused(refusal)) = (&outcome, &decided) {
-            info!(booking_id = %request.booking_id, %refusal, "booking finished before its hold: releasing");
+        let Decided::Refused(refusal) = decided else {
+            return Ok(());
+        };
+        if matches!(outcome, HoldOutcome::Held) {
+            info!(booking_id = %request.booking_id, %refusal, "the booking refused its hold: releasing");
             self.write_seats(
                 SeatWrite::Release,
                 request.show_id,
@@ -459,7 +462,16 @@ impl SeatLock {
             )
             .await?;
         }
-        Ok(())
+        match refusal {
+            // Cancelled (or otherwise ended) before its hold: nothing left to do.
+            DomainError::AlreadyFinished { .. } => Ok(()),
+            // Still waiting, and the decider will not take this outcome (a hold that ends
+            // before the request under clock skew, say): a dead letter, which ends the booking
+            // (`booking.abandoned.v1`) instead of leaving it `requested` for ever.
+            refusal => Err(Failure(HandlerError::Permanent(format!(
+                "the booking refused its hold outcome: {refusal}"
+            )))),
+        }
     }
 
     fn cached_show(&self, show_id: ShowId) -> Option<LoadedShow> {

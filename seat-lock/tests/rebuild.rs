@@ -1,7 +1,9 @@
-//! seat-lock rebuilds the hold store before it holds when the store's epoch is dead (its run id
+//! seat-lock's hold step against a real store. It rebuilds the hold store before it holds when the store's epoch is dead (its run id
 //! is not the store's any more: a restart that brought the old epoch back) or is the fence
 //! marker of a rebuilder that never finished, and adopts the epoch of another process's rebuild
-//! in progress instead of rebuilding over it. In-process hold store, SQLite event store.
+//! in progress instead of rebuilding over it. A hold the booking refuses frees its seats and
+//! fails for good (a dead letter, which ends the booking). In-process hold store, SQLite event
+//! store.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -77,6 +79,16 @@ async fn sold_elsewhere(store: &dyn EventStore, show_id: ShowId, booking_id: Boo
 
 /// A booking request for `id`, stored, as the consumer would hand it to seat-lock.
 async fn requested(store: &dyn EventStore, show_id: ShowId, id: &str) -> (BookingId, EventRecord) {
+    requested_at(store, show_id, id, Utc::now()).await
+}
+
+/// A booking request for `id` made at `at` by the API's clock.
+async fn requested_at(
+    store: &dyn EventStore,
+    show_id: ShowId,
+    id: &str,
+    at: chrono::DateTime<Utc>,
+) -> (BookingId, EventRecord) {
     let booking_id = BookingId::new();
     let request = BookingRequested {
         booking_id,
@@ -85,7 +97,7 @@ async fn requested(store: &dyn EventStore, show_id: ShowId, id: &str) -> (Bookin
         customer: Customer::new("c-1", "ada@example.com", "Ada").unwrap(),
         payment_method: None,
         amount: Money::new(1250, "EUR".parse().unwrap()),
-        requested_at: Utc::now(),
+        requested_at: at,
         access: BookingAccess::default(),
     };
     let event = DomainEvent::Booking(BookingEvent::Requested(request));
@@ -278,4 +290,28 @@ async fn a_rebuild_in_progress_elsewhere_is_waited_for_and_adopted() {
             .and_then(rebuild_in_progress),
         None
     );
+}
+
+/// Clock skew: the API's clock is a day ahead of seat-lock's, so the hold would end before the
+/// request was made and the booking refuses it. The seats are freed and the record fails for
+/// good (the runtime then dead-letters it and ends the booking: `infra/tests/consumer.rs`),
+/// rather than succeeding and leaving the booking `requested` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_the_booking_refuses_frees_the_seats_and_fails_for_good() {
+    let store = Store::new().await;
+    let holds = Arc::new(MemoryHoldStore::default());
+    let seat_lock = seat_lock(&store, &holds, Duration::from_secs(10));
+    let show_id = ShowId::new();
+    let ahead = Utc::now() + chrono::Duration::days(1);
+    let (booking_id, record) = requested_at(&*store.store, show_id, "A-1-1", ahead).await;
+    let outcome = seat_lock.handle(&record).await;
+    assert!(
+        matches!(outcome, Err(infra::consumer::HandlerError::Permanent(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        status(&*store.store, booking_id).await,
+        BookingStatus::Requested
+    );
+    assert_eq!(holds.seat(show_id, &seat("A-1-1")).await.unwrap(), None);
 }

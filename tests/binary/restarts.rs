@@ -206,8 +206,13 @@ fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
         wait_until(Duration::from_secs(10), "a 503 while Postgres is down", || {
             log.lock().unwrap().unavailable >= unavailable + 5
         });
+        let (ready, _, detail) = http_with_head(&api, "GET", "/readyz", None, "");
+        assert_eq!(ready, 503, "/readyz while Postgres is down: {detail}");
         postgres.start().unwrap();
         let back = Instant::now();
+        wait_until(Duration::from_secs(30), "/readyz ready again", || {
+            http_with_head(&api, "GET", "/readyz", None, "").0 == 200
+        });
         let accepted_before = accepted();
         wait_until(Duration::from_secs(60), "bookings after the restart", || {
             accepted() > accepted_before

@@ -532,6 +532,8 @@ async fn settle(
     revoked: &AtomicBool,
 ) -> bool {
     shared.stats.processed.fetch_add(1, Ordering::Relaxed);
+    // A final outcome: whatever was retried before it is over.
+    shared.working();
     let (cause, reason, attempts, first_failed_at) = match outcome {
         Ok(Handled::Done) => return true,
         Ok(Handled::DeadLetter {
@@ -644,6 +646,7 @@ async fn dead_letter(
         {
             Ok(_) => {
                 shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                shared.working();
                 return true;
             }
             Err(error) => {

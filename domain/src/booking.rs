@@ -453,13 +453,23 @@ pub struct Charge {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
     Requested,
-    Held { expires_at: DateTime<Utc> },
-    Paid { charge_id: String },
-    Confirmed { charge_id: String },
+    Held {
+        expires_at: DateTime<Utc>,
+    },
+    Paid {
+        charge_id: String,
+    },
+    Confirmed {
+        charge_id: String,
+    },
     Rejected,
     Expired,
-    Cancelled { by: CancelledBy },
-    Failed { reason: FailureReason },
+    Cancelled {
+        by: CancelledBy,
+    },
+    Failed {
+        reason: FailureReason,
+    },
     /// Ended by a service that gave up on one of its records (status `failed`).
     Abandoned,
 }

@@ -730,7 +730,9 @@ fn an_ended_booking_is_left_as_it_is_by_an_abandon() {
         [history_held(), vec![abandoned(BookingStatus::Held)]].concat(),
     ));
     for (status, history) in ended {
-        given_booking(history.clone()).when(abandon()).then_nothing();
+        given_booking(history.clone())
+            .when(abandon())
+            .then_nothing();
         assert_eq!(state_after(history).status(), status);
     }
 }

@@ -22,8 +22,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tracing::{Instrument, debug_span, info, warn};
 
-use crate::resilience::{Retrying, Transience};
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
+use crate::resilience::{Retrying, Transience};
 
 /// The checkpoint name the relay saves its progress under.
 pub const CHECKPOINT: &str = "relay";

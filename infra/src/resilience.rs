@@ -63,7 +63,10 @@ impl Transience for crate::holds::HoldError {
 pub enum ComponentState {
     Ready,
     /// Retrying: why, and since when (this process's clock).
-    NotReady { reason: String, since: Instant },
+    NotReady {
+        reason: String,
+        since: Instant,
+    },
 }
 
 /// The components of this process and whether each can work now.
@@ -194,7 +197,10 @@ impl Retrying {
         }
         self.failures = self.failures.saturating_add(1);
         self.readiness.set_not_ready(&self.component, &reason);
-        let delay = self.backoff.delay(self.failures).max(Duration::from_millis(20));
+        let delay = self
+            .backoff
+            .delay(self.failures)
+            .max(Duration::from_millis(20));
         warn!(component = %self.component, failures = self.failures, ?delay, %reason,
               "a server this component needs failed; retrying");
         let resumed = tokio::select! {
@@ -271,7 +277,13 @@ mod tests {
         let outcome = until_available(component, "opening", std::future::pending(), || {
             calls += 1;
             let call = calls;
-            async move { if call < 4 { Err(TestError::Away) } else { Ok(call) } }
+            async move {
+                if call < 4 {
+                    Err(TestError::Away)
+                } else {
+                    Ok(call)
+                }
+            }
         })
         .await;
         assert_eq!(outcome.ok().flatten(), Some(4));

@@ -20,12 +20,12 @@ use domain::{
 use event_store::{
     EventMetadata, EventStore, ExpectedVersion, Position, RecordedEvent, StreamAppend,
 };
-use infra::stored_events::to_new_event;
 use infra::consumer::{
     ConsumerConfig, ConsumerGroup, ConsumerStats, EventRecord, Handled, Handler, HandlerError, Mode,
 };
 use infra::kafka::KafkaTopicAdmin;
 use infra::relay::cloud_event_headers;
+use infra::stored_events::to_new_event;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -417,7 +417,10 @@ async fn a_handler_stops_before_its_side_effect_once_its_lease_ends() {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !probe.entered.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the record never reached the handler");
+        assert!(
+            Instant::now() < deadline,
+            "the record never reached the handler"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The member stops while the handler is mid-record; then the handler goes on.
@@ -425,14 +428,21 @@ async fn a_handler_stops_before_its_side_effect_once_its_lease_ends() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe.released.store(true, Ordering::SeqCst);
     running.await.unwrap().unwrap();
-    assert_eq!(probe.effects.load(Ordering::SeqCst), 0, "a side effect after the lease ended");
+    assert_eq!(
+        probe.effects.load(Ordering::SeqCst),
+        0,
+        "a side effect after the lease ended"
+    );
     assert_eq!(committed(&setup.kafka, group), None);
     // The next owner does it, once.
     let again = Arc::new(LeaseProbe::default());
     again.released.store(true, Ordering::SeqCst);
-    run_until(&setup, config(&setup.kafka, group, mode), again.clone(), |stats| {
-        ConsumerStats::get(&stats.processed) == 1
-    })
+    run_until(
+        &setup,
+        config(&setup.kafka, group, mode),
+        again.clone(),
+        |stats| ConsumerStats::get(&stats.processed) == 1,
+    )
     .await;
     assert_eq!(again.effects.load(Ordering::SeqCst), 1);
     assert_eq!(committed(&setup.kafka, group), Some(1));
@@ -538,7 +548,11 @@ async fn a_panic_is_dead_lettered_ends_its_booking_and_the_partition_moves_on() 
             .unwrap();
         assert_eq!(letters.len(), 1, "{mode:?}");
         assert_eq!(letters[0].cause, "handler-failed");
-        assert!(letters[0].reason.contains("panicked"), "{}", letters[0].reason);
+        assert!(
+            letters[0].reason.contains("panicked"),
+            "{}",
+            letters[0].reason
+        );
         let ended = infra::streams::load_booking(&*setup.store, doomed)
             .await
             .unwrap()

@@ -116,6 +116,9 @@ impl PaymentHandler {
                 self.record_earlier_charge(record, booking_id).await?;
                 return Ok(Handled::Done);
             }
+            // A revoked or stopping worker stops here, before the charge: the partition's new
+            // owner charges (under the same key) once (infra::consumer::lease).
+            infra::consumer::ensure_owned()?;
             let outcome = match self.gateway.charge(&request).await {
                 Err(GatewayError::UnknownOutcome { reason }) => {
                     warn!(%booking_id, %reason, "charge outcome unknown; asking the provider");
@@ -286,6 +289,7 @@ impl PaymentHandler {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            infra::consumer::ensure_owned()?;
             match self.gateway.refund(&request).await {
                 Ok(receipt) => {
                     info!(booking_id = %refund.booking_id, charge_id = %refund.charge_id, refund_id = %receipt.refund_id, "refunded");

@@ -1,4 +1,4 @@
-//! The bundled payment provider: an in-memory [`PaymentGateway`] that takes no real money.
+//! The bundled payment provider: a [`PaymentGateway`] that takes no real money.
 //!
 //! It ships as the default provider (embedded mode, tests, benchmarks), so it behaves like a real
 //! one where it matters to the payment service: keys are idempotent (one charge per key ever, one
@@ -11,26 +11,53 @@
 //! | `sim_declined` | declined, for good |
 //! | `sim_flaky_N` | the first `N` calls for the key fail transiently, then success |
 //! | `sim_unknown` | the first call takes the money but reports [`GatewayError::UnknownOutcome`] |
-//! | `sim_slow_MS` | succeeds after an extra `MS` milliseconds (a provider that is slow for this payment) |
+//! | `sim_slow_MS` | succeeds, and answers an extra `MS` milliseconds later (a provider that is slow for this payment: the ledger shows the charge at once) |
 //! | anything else, or none | [`SimulatorConfig`]'s rates decide |
 //!
 //! Rate-driven outcomes are a pure function of (seed, key, attempt number), so a run can be
 //! replayed exactly by reusing the seed. The counters ([`PaymentSimulator::charges_taken`] and
 //! friends) let tests and benchmarks prove that money moved at most once per key.
 //!
-//! The ledger lives in process memory: a restarted simulator has forgotten every charge. That is
-//! acceptable for a simulator; a real provider keeps its idempotency keys durably.
+//! ## The ledger
+//!
+//! The ledger (what was charged and refunded, and the attempt counts the scripted and seeded
+//! outcomes depend on) lives in a database, as a real provider's books do:
+//! [`PaymentSimulator::open`] keeps it in the database a URL names, and the binary (`zingqueue
+//! up`, `zingqueue run payment`, the benchmarks) names the event store's own (`ZQ_DATABASE_URL`:
+//! Postgres, or the SQLite file of the embedded default). So a charge survives a restart of the
+//! payment process (its refund after the restart finds it; a `sim_unknown` charge is still
+//! there when the next process asks for its status), and several payment processes share one
+//! ledger: two of them charging one key at once take the money once. Only
+//! [`PaymentSimulator::in_memory`] (unit tests) keeps it in an in-memory SQLite database that
+//! dies with the simulator. A database error during a call is a [`GatewayError::Transient`]
+//! (no money moved), except a charge whose commit failed: its outcome is unknown
+//! ([`GatewayError::UnknownOutcome`]), as after a provider's timeout.
+//!
+//! Its tables, created at open if missing (see [`crate::ledger`] for every column):
+//!
+//! | table | one row per | what tests read |
+//! |---|---|---|
+//! | `zq_sim_charges` | charge idempotency key (the booking id) | `status` (`pending`, `charged`, `declined`), `amount_minor`, `currency`, `times_taken` (money taken: 0 or 1), `charge_calls` (every charge call with the key), `status_calls`, `attempts` |
+//! | `zq_sim_refunds` | charge a refund named | `refund_id` (NULL until refunded), `refund_calls`, `times_refunded` (0 or 1) |
+//! | `zq_sim_refund_attempts` | refund idempotency key | `attempts` (for the seeded transient draws) |
+//!
+//! From outside the process, [`ledger_totals`] and [`ledger_charge`] read them by database URL
+//! (or plain SQL does). Calls that reach no row are not in the ledger: the status of a key never
+//! charged, a refund of a charge that does not exist, a charge of a negative amount;
+//! [`PaymentSimulator::calls`] counts every call this simulator received.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use domain::Money;
 use uuid::Uuid;
 
 use crate::gateway::{
     ChargeReceipt, ChargeRequest, ChargeStatus, GatewayError, PaymentGateway, RefundReceipt,
     RefundRequest,
 };
+pub use crate::ledger::{ChargeEntry, ChargeState, LedgerError, LedgerTotals, RefundEntry};
+use crate::ledger::{Ledger, RefundPlan};
 
 /// Token: every charge succeeds.
 pub const TOKEN_OK: &str = "sim_ok";
@@ -62,49 +89,12 @@ pub struct SimulatorConfig {
 }
 
 /// The bundled [`PaymentGateway`]: see the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PaymentSimulator {
     config: SimulatorConfig,
-    /// Guarded by a std mutex because every critical section is short and synchronous; it is never
-    /// held across an await (the latency sleep happens before it is taken).
-    ledger: Mutex<Ledger>,
-}
-
-/// Everything the simulator remembers.
-#[derive(Debug, Default)]
-struct Ledger {
-    /// Charge keys seen, by idempotency key.
-    charges: HashMap<String, ChargeRecord>,
-    /// Which idempotency key produced a charge id, so a refund can find its charge.
-    key_of_charge: HashMap<String, String>,
-    /// Refunds issued, by charge id: one per charge.
-    refunds: HashMap<String, RefundRecord>,
-    /// Refund attempts per refund idempotency key, to draw transient failures per attempt.
-    refund_attempts: HashMap<String, u32>,
-    calls: u64,
-    total_charges_taken: u64,
-}
-
-#[derive(Debug, Default)]
-struct ChargeRecord {
-    /// Charge calls that reached a decision (the repeats of a settled key are not counted).
-    attempts: u32,
-    /// The final outcome once there is one: it answers every later call for the key.
-    settled: Option<SettledCharge>,
-    /// Times money was taken: an independent count, so a bug that charged twice would show.
-    times_taken: u32,
-}
-
-#[derive(Debug)]
-enum SettledCharge {
-    Charged(ChargeReceipt),
-    Declined { reason: String },
-}
-
-#[derive(Debug)]
-struct RefundRecord {
-    receipt: RefundReceipt,
-    times_refunded: u32,
+    ledger: Ledger,
+    /// Every call this simulator received (not kept in the ledger: see [`Self::calls`]).
+    calls: AtomicU64,
 }
 
 /// The behaviour a `payment_method` token selects.
@@ -161,11 +151,38 @@ enum ChargeDecision {
 }
 
 impl PaymentSimulator {
-    pub fn new(config: SimulatorConfig) -> Self {
+    /// A simulator whose ledger lives in the database `database_url` names (`postgres://…` or
+    /// `sqlite:…`; the event store's), its tables created if missing.
+    pub async fn open(
+        config: SimulatorConfig,
+        database_url: &str,
+    ) -> Result<PaymentSimulator, LedgerError> {
+        Ok(PaymentSimulator::with_ledger(
+            config,
+            Ledger::open(database_url).await?,
+        ))
+    }
+
+    /// A simulator whose ledger lives in an in-memory SQLite database that dies with it: for
+    /// unit tests, which need no restart.
+    pub async fn in_memory(config: SimulatorConfig) -> Result<PaymentSimulator, LedgerError> {
+        Ok(PaymentSimulator::with_ledger(
+            config,
+            Ledger::in_memory().await?,
+        ))
+    }
+
+    fn with_ledger(config: SimulatorConfig, ledger: Ledger) -> PaymentSimulator {
         PaymentSimulator {
             config,
-            ledger: Mutex::default(),
+            ledger,
+            calls: AtomicU64::new(0),
         }
+    }
+
+    /// Closes the ledger's connections; later calls fail transiently.
+    pub async fn close(&self) {
+        self.ledger.close().await;
     }
 
     pub fn config(&self) -> &SimulatorConfig {
@@ -173,43 +190,56 @@ impl PaymentSimulator {
     }
 
     /// How many times money was actually taken under this key: 0 or 1, never more.
-    pub fn charges_taken(&self, idempotency_key: &str) -> u32 {
-        self.ledger()
-            .charges
-            .get(idempotency_key)
-            .map_or(0, |record| record.times_taken)
+    pub async fn charges_taken(&self, idempotency_key: &str) -> Result<u32, LedgerError> {
+        Ok(self
+            .ledger
+            .charge_entry(idempotency_key)
+            .await?
+            .map_or(0, |entry| entry.times_taken))
     }
 
     /// How many charges took money, over all keys.
-    pub fn total_charges_taken(&self) -> u64 {
-        self.ledger().total_charges_taken
+    pub async fn total_charges_taken(&self) -> Result<u64, LedgerError> {
+        Ok(self.ledger.totals().await?.charges_taken)
     }
 
     /// How many times money was paid back for this charge: 0 or 1, never more.
-    pub fn refunds_made(&self, charge_id: &str) -> u32 {
-        self.ledger()
-            .refunds
-            .get(charge_id)
-            .map_or(0, |record| record.times_refunded)
+    pub async fn refunds_made(&self, charge_id: &str) -> Result<u32, LedgerError> {
+        Ok(self
+            .ledger
+            .refund_entry(charge_id)
+            .await?
+            .map_or(0, |entry| entry.times_refunded))
     }
 
-    /// Every gateway call received (charges, status queries, refunds), failed ones included.
+    /// Every gateway call this simulator received (charges, status queries, refunds), failed
+    /// ones included. Kept in this process only: [`ChargeEntry::charge_calls`] and friends are
+    /// the durable, per-key counts.
     pub fn calls(&self) -> u64 {
-        self.ledger().calls
+        self.calls.load(Ordering::Relaxed)
     }
 
-    /// The ledger. A poisoned lock is taken over rather than propagated: no code panics while
-    /// holding it (every update is a plain insert or a saturating count), so the data is whole.
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What the ledger keeps of a charge key, if it has seen it.
+    pub async fn charge_entry(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Option<ChargeEntry>, LedgerError> {
+        self.ledger.charge_entry(idempotency_key).await
+    }
+
+    /// What the ledger keeps of a charge's refund, if one was asked for.
+    pub async fn refund_entry(&self, charge_id: &str) -> Result<Option<RefundEntry>, LedgerError> {
+        self.ledger.refund_entry(charge_id).await
+    }
+
+    /// Sums over the whole ledger.
+    pub async fn totals(&self) -> Result<LedgerTotals, LedgerError> {
+        self.ledger.totals().await
     }
 
     /// Counts the call and waits out the configured latency, before the ledger is touched.
     async fn begin_call(&self) {
-        {
-            let mut ledger = self.ledger();
-            ledger.calls = ledger.calls.saturating_add(1);
-        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
@@ -251,60 +281,48 @@ impl PaymentSimulator {
             }
         }
     }
-}
 
-#[async_trait::async_trait]
-impl PaymentGateway for PaymentSimulator {
-    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeReceipt, GatewayError> {
-        if let Some(extra) = slow_token_latency(request.payment_method.as_deref()) {
-            tokio::time::sleep(extra).await;
-        }
-        self.begin_call().await;
-        if request.amount.amount_minor < 0 {
-            return Err(GatewayError::Invalid {
-                reason: format!(
-                    "cannot charge a negative amount ({})",
-                    request.amount.amount_minor
-                ),
-            });
-        }
+    /// One charge call's decision on the key's ledger entry (inside the ledger's transaction):
+    /// a settled key answers as before; otherwise the attempt is counted, decided, and a
+    /// decline or a charge is recorded on the entry.
+    fn settle_charge(
+        &self,
+        entry: &mut ChargeEntry,
+        request: &ChargeRequest,
+        behaviour: ScriptedBehaviour,
+    ) -> Result<ChargeReceipt, GatewayError> {
         let key = request.idempotency_key.as_str();
-        let mut guard = self.ledger();
-        // Reborrow through the guard once, so the record and the totals are disjoint borrows.
-        let ledger = &mut *guard;
-        let record = ledger.charges.entry(key.to_owned()).or_default();
-
-        match &record.settled {
-            Some(SettledCharge::Charged(receipt)) if receipt.amount == request.amount => {
-                return Ok(receipt.clone());
+        match &entry.state {
+            ChargeState::Charged { amount } if *amount == request.amount => {
+                return Ok(ChargeReceipt {
+                    charge_id: entry.charge_id.clone(),
+                    amount: *amount,
+                });
             }
-            Some(SettledCharge::Charged(receipt)) => {
+            ChargeState::Charged { amount } => {
                 return Err(GatewayError::Invalid {
                     reason: format!(
-                        "key {key} already charged {:?}, now asked for {:?}",
-                        receipt.amount, request.amount
+                        "key {key} already charged {amount:?}, now asked for {:?}",
+                        request.amount
                     ),
                 });
             }
-            Some(SettledCharge::Declined { reason }) => {
+            ChargeState::Declined { reason } => {
                 return Err(GatewayError::Declined {
                     reason: reason.clone(),
                 });
             }
-            None => {}
+            ChargeState::Pending => {}
         }
 
-        let attempt = record.attempts;
-        record.attempts = attempt.saturating_add(1);
-        let behaviour = ScriptedBehaviour::from_payment_method(request.payment_method.as_deref());
-        let decision = self.decide_charge(behaviour, key, attempt);
-
-        let report_unknown = match decision {
+        let attempt = entry.attempts;
+        entry.attempts = attempt.saturating_add(1);
+        let report_unknown = match self.decide_charge(behaviour, key, attempt) {
             ChargeDecision::Decline(reason) => {
                 tracing::debug!(key, attempt, %reason, "simulator declined a charge");
-                record.settled = Some(SettledCharge::Declined {
+                entry.state = ChargeState::Declined {
                     reason: reason.clone(),
-                });
+                };
                 return Err(GatewayError::Declined { reason });
             }
             ChargeDecision::FailTransiently(reason) => {
@@ -315,109 +333,164 @@ impl PaymentGateway for PaymentSimulator {
             ChargeDecision::TakeButReportUnknown => true,
         };
 
-        let receipt = ChargeReceipt {
-            charge_id: charge_id_for(key),
+        entry.state = ChargeState::Charged {
             amount: request.amount,
         };
-        record.settled = Some(SettledCharge::Charged(receipt.clone()));
-        record.times_taken = record.times_taken.saturating_add(1);
-        ledger.total_charges_taken = ledger.total_charges_taken.saturating_add(1);
-        ledger
-            .key_of_charge
-            .insert(receipt.charge_id.clone(), key.to_owned());
-        tracing::debug!(key, attempt, charge_id = %receipt.charge_id, report_unknown, "simulator took a charge");
-
+        entry.times_taken = entry.times_taken.saturating_add(1);
+        tracing::debug!(key, attempt, charge_id = %entry.charge_id, report_unknown, "simulator took a charge");
         if report_unknown {
             Err(GatewayError::UnknownOutcome {
                 reason: format!("simulated timeout ({TOKEN_UNKNOWN}); the charge did go through"),
             })
         } else {
-            Ok(receipt)
+            Ok(ChargeReceipt {
+                charge_id: entry.charge_id.clone(),
+                amount: request.amount,
+            })
         }
+    }
+}
+
+/// What a ledger failure means to the caller of a call that moves no money (a status query, a
+/// refund: a refund repeated after an unknown commit is idempotent): try again later.
+fn ledger_failure(error: LedgerError) -> GatewayError {
+    match error {
+        LedgerError::Corrupt { .. } | LedgerError::UnsupportedUrl(_) => GatewayError::Invalid {
+            reason: error.to_string(),
+        },
+        LedgerError::Database(_) | LedgerError::Commit(_) => GatewayError::Transient {
+            reason: error.to_string(),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl PaymentGateway for PaymentSimulator {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeReceipt, GatewayError> {
+        self.begin_call().await;
+        if request.amount.amount_minor < 0 {
+            return Err(GatewayError::Invalid {
+                reason: format!(
+                    "cannot charge a negative amount ({})",
+                    request.amount.amount_minor
+                ),
+            });
+        }
+        let key = request.idempotency_key.as_str();
+        let behaviour = ScriptedBehaviour::from_payment_method(request.payment_method.as_deref());
+        let charge_id = charge_id_for(key);
+        let outcome = match self
+            .ledger
+            .charge(key, &charge_id, |entry| {
+                self.settle_charge(entry, request, behaviour)
+            })
+            .await
+        {
+            Ok(outcome) => outcome,
+            // The decision may or may not be stored: as after a provider's timeout.
+            Err(error @ LedgerError::Commit(_)) => Err(GatewayError::UnknownOutcome {
+                reason: error.to_string(),
+            }),
+            Err(error) => Err(ledger_failure(error)),
+        };
+        // A slow provider decides at once (the ledger shows it) and answers late: the window
+        // in which money has moved but the payment service does not know yet.
+        if let Some(extra) = slow_token_latency(request.payment_method.as_deref()) {
+            tokio::time::sleep(extra).await;
+        }
+        outcome
     }
 
     async fn charge_status(&self, idempotency_key: &str) -> Result<ChargeStatus, GatewayError> {
         self.begin_call().await;
-        let ledger = self.ledger();
-        let status = match ledger
-            .charges
-            .get(idempotency_key)
-            .and_then(|record| record.settled.as_ref())
-        {
-            Some(SettledCharge::Charged(receipt)) => ChargeStatus::Charged(receipt.clone()),
-            Some(SettledCharge::Declined { reason }) => ChargeStatus::Declined {
-                reason: reason.clone(),
-            },
+        let entry = self
+            .ledger
+            .charge_status(idempotency_key)
+            .await
+            .map_err(ledger_failure)?;
+        Ok(match entry {
             None => ChargeStatus::NotCharged,
-        };
-        Ok(status)
+            Some(entry) => match entry.state {
+                ChargeState::Pending => ChargeStatus::NotCharged,
+                ChargeState::Charged { amount } => ChargeStatus::Charged(ChargeReceipt {
+                    charge_id: entry.charge_id,
+                    amount,
+                }),
+                ChargeState::Declined { reason } => ChargeStatus::Declined { reason },
+            },
+        })
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
         self.begin_call().await;
-        let mut guard = self.ledger();
-        let ledger = &mut *guard;
         let charge_id = request.charge_id.as_str();
-
-        let charged_amount = ledger
-            .key_of_charge
-            .get(charge_id)
-            .and_then(|key| ledger.charges.get(key))
-            .and_then(|record| match &record.settled {
-                Some(SettledCharge::Charged(receipt)) => Some(receipt.amount),
-                _ => None,
-            });
-        let Some(charged_amount) = charged_amount else {
-            return Err(GatewayError::Invalid {
-                reason: format!("no charge {charge_id} to refund"),
-            });
+        let plan = |charged: Option<Money>, earlier: Option<RefundReceipt>| {
+            let Some(charged_amount) = charged else {
+                return RefundPlan::Answer(Err(GatewayError::Invalid {
+                    reason: format!("no charge {charge_id} to refund"),
+                }));
+            };
+            if charged_amount != request.amount {
+                return RefundPlan::Answer(Err(GatewayError::Invalid {
+                    reason: format!(
+                        "refund of {:?} does not match charge {charge_id} of {charged_amount:?}",
+                        request.amount
+                    ),
+                }));
+            }
+            match earlier {
+                Some(earlier) => RefundPlan::Answer(Ok(earlier)),
+                None => RefundPlan::Attempt,
+            }
         };
-        if charged_amount != request.amount {
-            return Err(GatewayError::Invalid {
-                reason: format!(
-                    "refund of {:?} does not match charge {charge_id} of {charged_amount:?}",
-                    request.amount
-                ),
-            });
-        }
-        if let Some(existing) = ledger.refunds.get(charge_id) {
-            return Ok(existing.receipt.clone());
-        }
-
-        let attempts = ledger
-            .refund_attempts
-            .entry(request.idempotency_key.clone())
-            .or_default();
-        let attempt = *attempts;
-        *attempts = attempt.saturating_add(1);
-        let draw = unit_draw(
-            self.config.seed,
-            DrawPurpose::Refund,
-            &request.idempotency_key,
-            attempt,
-        );
-        if draw < self.config.transient_rate {
-            return Err(GatewayError::Transient {
-                reason: "provider unavailable (simulated transient rate)".to_owned(),
-            });
-        }
-
-        let receipt = RefundReceipt {
-            refund_id: refund_id_for(charge_id),
+        let draw = |attempt: u32| {
+            let draw = unit_draw(
+                self.config.seed,
+                DrawPurpose::Refund,
+                &request.idempotency_key,
+                attempt,
+            );
+            if draw < self.config.transient_rate {
+                return Err(GatewayError::Transient {
+                    reason: "provider unavailable (simulated transient rate)".to_owned(),
+                });
+            }
+            let receipt = RefundReceipt {
+                refund_id: refund_id_for(charge_id),
+            };
+            tracing::debug!(charge_id, refund_id = %receipt.refund_id, "simulator refunded a charge");
+            Ok(receipt)
         };
-        ledger.refunds.insert(
-            charge_id.to_owned(),
-            RefundRecord {
-                receipt: receipt.clone(),
-                times_refunded: 1,
-            },
-        );
-        tracing::debug!(charge_id, refund_id = %receipt.refund_id, "simulator refunded a charge");
-        Ok(receipt)
+        self.ledger
+            .refund(charge_id, &request.idempotency_key, plan, draw)
+            .await
+            .unwrap_or_else(|error| Err(ledger_failure(error)))
     }
 }
 
-/// The charge id of a key: deterministic, so a forgotten ledger (a restart) still names a repeat
+/// The totals of the ledger in the database `database_url` names, read from outside the
+/// simulator (tests of the binary, operators). Creates the ledger's tables if missing, so a
+/// database no simulator has used yet reads as all zeros.
+pub async fn ledger_totals(database_url: &str) -> Result<LedgerTotals, LedgerError> {
+    let ledger = Ledger::open(database_url).await?;
+    let totals = ledger.totals().await;
+    ledger.close().await;
+    totals
+}
+
+/// One charge key's entry in the ledger in the database `database_url` names, read from
+/// outside the simulator (as [`ledger_totals`]).
+pub async fn ledger_charge(
+    database_url: &str,
+    idempotency_key: &str,
+) -> Result<Option<ChargeEntry>, LedgerError> {
+    let ledger = Ledger::open(database_url).await?;
+    let entry = ledger.charge_entry(idempotency_key).await;
+    ledger.close().await;
+    entry
+}
+
+/// The charge id of a key: deterministic, so every process and every database names a key's
 /// charge the same, and independent of what characters the key contains.
 fn charge_id_for(idempotency_key: &str) -> String {
     let id = Uuid::new_v5(
@@ -470,9 +543,16 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use domain::{Currency, Money};
+    use domain::Currency;
 
     use super::*;
+
+    /// A simulator on a ledger of its own, in memory.
+    async fn fresh(config: SimulatorConfig) -> PaymentSimulator {
+        PaymentSimulator::in_memory(config)
+            .await
+            .expect("an in-memory ledger opens")
+    }
 
     fn eur(amount_minor: i64) -> Money {
         Money::new(
@@ -498,13 +578,14 @@ mod tests {
         }
     }
 
-    fn with_rates(decline_rate: f64, transient_rate: f64, seed: u64) -> PaymentSimulator {
-        PaymentSimulator::new(SimulatorConfig {
+    async fn with_rates(decline_rate: f64, transient_rate: f64, seed: u64) -> PaymentSimulator {
+        fresh(SimulatorConfig {
             decline_rate,
             transient_rate,
             seed,
             ..SimulatorConfig::default()
         })
+        .await
     }
 
     /// One charge call per key `key-0..key-{count}`, without a token, reduced to its kind.
@@ -527,7 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn sim_ok_charges_once_with_a_deterministic_id() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let receipt = simulator
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -535,8 +616,8 @@ mod tests {
         assert_eq!(receipt.amount, eur(4_500));
         assert_eq!(receipt.charge_id, charge_id_for("booking-1"));
         assert!(receipt.charge_id.starts_with("ch_"));
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
-        assert_eq!(simulator.total_charges_taken(), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
+        assert_eq!(simulator.total_charges_taken().await.unwrap(), 1);
         assert_eq!(
             simulator.charge_status("booking-1").await,
             Ok(ChargeStatus::Charged(receipt))
@@ -545,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_charge_returns_the_first_receipt_without_charging_again() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let request = charge_request("booking-1", Some(TOKEN_OK));
         let first = simulator.charge(&request).await.expect("first charge");
         for _ in 0..3 {
@@ -554,25 +635,25 @@ mod tests {
         // A redrive may come without the token (e.g. rebuilt from another event): still the same.
         let redrive = charge_request("booking-1", None);
         assert_eq!(simulator.charge(&redrive).await, Ok(first));
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
-        assert_eq!(simulator.total_charges_taken(), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
+        assert_eq!(simulator.total_charges_taken().await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn different_keys_get_different_charges() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let first = simulator.charge(&charge_request("a", Some(TOKEN_OK))).await;
         let second = simulator.charge(&charge_request("b", Some(TOKEN_OK))).await;
         assert_ne!(
             first.expect("a charged").charge_id,
             second.expect("b charged").charge_id
         );
-        assert_eq!(simulator.total_charges_taken(), 2);
+        assert_eq!(simulator.total_charges_taken().await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn repeated_key_with_another_amount_is_invalid() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         simulator
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -583,24 +664,24 @@ mod tests {
             simulator.charge(&changed).await,
             Err(GatewayError::Invalid { .. })
         ));
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn negative_amount_is_invalid() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let mut request = charge_request("booking-1", Some(TOKEN_OK));
         request.amount = eur(-1);
         assert!(matches!(
             simulator.charge(&request).await,
             Err(GatewayError::Invalid { .. })
         ));
-        assert_eq!(simulator.charges_taken("booking-1"), 0);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn sim_declined_stays_declined_and_takes_nothing() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let request = charge_request("booking-1", Some(TOKEN_DECLINED));
         let first = simulator.charge(&request).await;
         assert!(
@@ -617,13 +698,13 @@ mod tests {
             simulator.charge_status("booking-1").await,
             Ok(ChargeStatus::Declined { reason })
         );
-        assert_eq!(simulator.charges_taken("booking-1"), 0);
-        assert_eq!(simulator.total_charges_taken(), 0);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 0);
+        assert_eq!(simulator.total_charges_taken().await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn sim_flaky_n_fails_n_times_then_succeeds() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let request = charge_request("booking-1", Some("sim_flaky_3"));
         for attempt in 0..3 {
             let outcome = simulator.charge(&request).await;
@@ -631,7 +712,7 @@ mod tests {
                 matches!(&outcome, Err(error) if error.is_transient()),
                 "attempt {attempt}: {outcome:?}"
             );
-            assert_eq!(simulator.charges_taken("booking-1"), 0);
+            assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 0);
             assert_eq!(
                 simulator.charge_status("booking-1").await,
                 Ok(ChargeStatus::NotCharged)
@@ -642,12 +723,12 @@ mod tests {
             .await
             .expect("fourth call succeeds");
         assert_eq!(simulator.charge(&request).await, Ok(receipt));
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn sim_flaky_0_succeeds_at_once_and_flaky_counts_are_per_key() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         assert!(
             simulator
                 .charge(&charge_request("zero", Some("sim_flaky_0")))
@@ -670,7 +751,7 @@ mod tests {
 
     #[tokio::test]
     async fn sim_unknown_takes_the_money_once_across_charge_status_charge() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let request = charge_request("booking-1", Some(TOKEN_UNKNOWN));
         let first = simulator.charge(&request).await;
         assert!(
@@ -678,7 +759,7 @@ mod tests {
             "{first:?}"
         );
         assert_eq!(
-            simulator.charges_taken("booking-1"),
+            simulator.charges_taken("booking-1").await.unwrap(),
             1,
             "the money was taken"
         );
@@ -692,13 +773,13 @@ mod tests {
         };
         assert_eq!(receipt.amount, request.amount);
         assert_eq!(simulator.charge(&request).await, Ok(receipt));
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
-        assert_eq!(simulator.total_charges_taken(), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
+        assert_eq!(simulator.total_charges_taken().await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn unknown_key_status_is_not_charged() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         assert_eq!(
             simulator.charge_status("never-seen").await,
             Ok(ChargeStatus::NotCharged)
@@ -707,7 +788,7 @@ mod tests {
 
     #[tokio::test]
     async fn decline_rate_is_honoured_over_many_keys() {
-        let simulator = with_rates(0.3, 0.0, 7);
+        let simulator = with_rates(0.3, 0.0, 7).await;
         let outcomes = first_attempt_outcomes(&simulator, 2_000).await;
         let declined = outcomes.iter().filter(|&&kind| kind == "declined").count();
         let fraction = declined as f64 / outcomes.len() as f64;
@@ -716,14 +797,14 @@ mod tests {
             "declined fraction {fraction}"
         );
         assert_eq!(
-            simulator.total_charges_taken(),
+            simulator.total_charges_taken().await.unwrap(),
             (outcomes.len() - declined) as u64
         );
     }
 
     #[tokio::test]
     async fn transient_outcomes_take_no_money_and_retries_eventually_charge_once() {
-        let simulator = with_rates(0.0, 0.5, 11);
+        let simulator = with_rates(0.0, 0.5, 11).await;
         let keys: Vec<String> = (0..200).map(|index| format!("key-{index}")).collect();
         let mut transient_seen = 0;
         for key in &keys {
@@ -733,23 +814,26 @@ mod tests {
                     Ok(_) => break,
                     Err(GatewayError::Transient { .. }) => {
                         transient_seen += 1;
-                        assert_eq!(simulator.charges_taken(key), 0);
+                        assert_eq!(simulator.charges_taken(key).await.unwrap(), 0);
                     }
                     Err(other) => panic!("unexpected {other:?}"),
                 }
             }
-            assert_eq!(simulator.charges_taken(key), 1);
+            assert_eq!(simulator.charges_taken(key).await.unwrap(), 1);
         }
         assert!(
             transient_seen > 50,
             "only {transient_seen} transient failures"
         );
-        assert_eq!(simulator.total_charges_taken(), keys.len() as u64);
+        assert_eq!(
+            simulator.total_charges_taken().await.unwrap(),
+            keys.len() as u64
+        );
     }
 
     #[tokio::test]
     async fn unrecognised_tokens_fall_back_to_the_rates() {
-        let simulator = with_rates(1.0, 0.0, 0);
+        let simulator = with_rates(1.0, 0.0, 0).await;
         for token in [
             "pm_card_visa",
             "sim_flaky_",
@@ -780,16 +864,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_seed_replays_the_same_outcomes() {
-        let first = first_attempt_outcomes(&with_rates(0.3, 0.3, 42), 300).await;
-        let again = first_attempt_outcomes(&with_rates(0.3, 0.3, 42), 300).await;
-        let other_seed = first_attempt_outcomes(&with_rates(0.3, 0.3, 43), 300).await;
+        let first = first_attempt_outcomes(&with_rates(0.3, 0.3, 42).await, 300).await;
+        let again = first_attempt_outcomes(&with_rates(0.3, 0.3, 42).await, 300).await;
+        let other_seed = first_attempt_outcomes(&with_rates(0.3, 0.3, 43).await, 300).await;
         assert_eq!(first, again);
         assert_ne!(first, other_seed);
     }
 
     #[tokio::test]
     async fn refund_is_idempotent_by_charge() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let receipt = simulator
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -802,12 +886,12 @@ mod tests {
         let mut other_key = request.clone();
         other_key.idempotency_key = "another-step".to_owned();
         assert_eq!(simulator.refund(&other_key).await, Ok(refund));
-        assert_eq!(simulator.refunds_made(&receipt.charge_id), 1);
+        assert_eq!(simulator.refunds_made(&receipt.charge_id).await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn refund_of_an_unknown_or_uncharged_charge_is_invalid() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let unknown = refund_request("ch_missing", eur(4_500));
         assert!(matches!(
             simulator.refund(&unknown).await,
@@ -822,12 +906,12 @@ mod tests {
             simulator.refund(&declined).await,
             Err(GatewayError::Invalid { .. })
         ));
-        assert_eq!(simulator.refunds_made("ch_missing"), 0);
+        assert_eq!(simulator.refunds_made("ch_missing").await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn refund_with_another_amount_is_invalid() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let receipt = simulator
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -843,12 +927,12 @@ mod tests {
             simulator.refund(&wrong_currency).await,
             Err(GatewayError::Invalid { .. })
         ));
-        assert_eq!(simulator.refunds_made(&receipt.charge_id), 0);
+        assert_eq!(simulator.refunds_made(&receipt.charge_id).await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn refunds_feel_the_transient_rate_but_never_the_decline_rate() {
-        let always_transient = with_rates(0.0, 1.0, 0);
+        let always_transient = with_rates(0.0, 1.0, 0).await;
         let receipt = always_transient
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -858,9 +942,15 @@ mod tests {
             always_transient.refund(&request).await,
             Err(GatewayError::Transient { .. })
         ));
-        assert_eq!(always_transient.refunds_made(&receipt.charge_id), 0);
+        assert_eq!(
+            always_transient
+                .refunds_made(&receipt.charge_id)
+                .await
+                .unwrap(),
+            0
+        );
 
-        let always_declining = with_rates(1.0, 0.0, 0);
+        let always_declining = with_rates(1.0, 0.0, 0).await;
         let receipt = always_declining
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -871,7 +961,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_call_is_counted() {
-        let simulator = PaymentSimulator::default();
+        let simulator = fresh(SimulatorConfig::default()).await;
         let receipt = simulator
             .charge(&charge_request("booking-1", Some(TOKEN_OK)))
             .await
@@ -889,9 +979,71 @@ mod tests {
         assert_eq!(simulator.calls(), 5);
     }
 
+    #[tokio::test]
+    async fn the_ledger_counts_calls_per_key() {
+        let simulator = fresh(SimulatorConfig::default()).await;
+        let request = charge_request("booking-1", Some(TOKEN_UNKNOWN));
+        let _ = simulator.charge(&request).await;
+        let _ = simulator.charge_status("booking-1").await;
+        // A key never charged has no row: its status query is not in the ledger.
+        let _ = simulator.charge_status("never-seen").await;
+        let receipt = simulator.charge(&request).await.expect("the hidden charge");
+        simulator
+            .refund(&refund_request(&receipt.charge_id, receipt.amount))
+            .await
+            .expect("refunded");
+        let entry = simulator
+            .charge_entry("booking-1")
+            .await
+            .unwrap()
+            .expect("a row per key");
+        assert_eq!(
+            (
+                entry.charge_calls,
+                entry.status_calls,
+                entry.attempts,
+                entry.times_taken
+            ),
+            (2, 1, 1, 1),
+            "{entry:?}"
+        );
+        assert_eq!(entry.charge_id, receipt.charge_id);
+        let refund = simulator
+            .refund_entry(&receipt.charge_id)
+            .await
+            .unwrap()
+            .expect("a row per refunded charge");
+        assert_eq!(
+            (
+                refund.refund_id,
+                refund.amount,
+                refund.refund_calls,
+                refund.times_refunded
+            ),
+            (
+                Some(refund_id_for(&receipt.charge_id)),
+                Some(receipt.amount),
+                1,
+                1
+            )
+        );
+        assert_eq!(
+            simulator.totals().await.unwrap(),
+            LedgerTotals {
+                keys: 1,
+                charge_calls: 2,
+                status_calls: 1,
+                charges_taken: 1,
+                refund_calls: 1,
+                refunds_made: 1,
+            }
+        );
+        assert_eq!(simulator.calls(), 5);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_charges_of_one_key_take_money_once() {
-        let simulator = Arc::new(PaymentSimulator::default());
+        let simulator = Arc::new(fresh(SimulatorConfig::default()).await);
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let simulator = Arc::clone(&simulator);
@@ -908,7 +1060,7 @@ mod tests {
         }
         charge_ids.dedup();
         assert_eq!(charge_ids.len(), 1);
-        assert_eq!(simulator.charges_taken("booking-1"), 1);
+        assert_eq!(simulator.charges_taken("booking-1").await.unwrap(), 1);
     }
 
     // tokio's `test-util` feature (for `time::pause`) is not enabled for this crate, so latency is
@@ -916,10 +1068,11 @@ mod tests {
     // must take at least its duration (tokio never wakes a sleep early).
     #[tokio::test]
     async fn latency_is_slept_on_every_call() {
-        let slow = PaymentSimulator::new(SimulatorConfig {
+        let slow = fresh(SimulatorConfig {
             latency: Duration::from_secs(3_600),
             ..SimulatorConfig::default()
-        });
+        })
+        .await;
         let bounded = Duration::from_millis(20);
         let request = charge_request("booking-1", Some(TOKEN_OK));
         assert!(
@@ -940,10 +1093,11 @@ mod tests {
         );
 
         let latency = Duration::from_millis(15);
-        let measured = PaymentSimulator::new(SimulatorConfig {
+        let measured = fresh(SimulatorConfig {
             latency,
             ..SimulatorConfig::default()
-        });
+        })
+        .await;
         let started = Instant::now();
         measured.charge(&request).await.expect("charged");
         measured.charge_status("booking-1").await.expect("status");
@@ -970,14 +1124,14 @@ mod tests {
 
     #[tokio::test]
     async fn sim_slow_succeeds_after_its_extra_latency() {
-        let simulator = PaymentSimulator::new(SimulatorConfig::default());
+        let simulator = fresh(SimulatorConfig::default()).await;
         let started = std::time::Instant::now();
         let receipt = simulator
             .charge(&charge_request("slow", Some("sim_slow_40")))
             .await
             .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(40));
-        assert_eq!(simulator.charges_taken("slow"), 1);
+        assert_eq!(simulator.charges_taken("slow").await.unwrap(), 1);
         assert!(receipt.charge_id.starts_with("ch_"));
         assert_eq!(slow_token_latency(Some("sim_slow_x")), None);
     }

@@ -430,7 +430,9 @@ async fn plant_a_wrong_row(db: &ReadModelDb, head: event_store::Position) {
         ..Default::default()
     };
     let generation = db.generation(READ_MODELS).await.unwrap();
-    db.commit(READ_MODELS, head, generation, head, &changes).await.unwrap();
+    db.commit(READ_MODELS, head, generation, head, &changes)
+        .await
+        .unwrap();
 }
 
 /// Start a replay and wait (bounded) for it to finish.

@@ -368,7 +368,7 @@ async fn sale(config: &GlobalArgs, args: &SaleBenchArgs) -> anyhow::Result<SaleR
     let payment = services::payment(
         config,
         store.clone(),
-        services::payment_gateway(config),
+        services::payment_gateway(config).await?,
         &brokers,
         Some(&watermarks),
     );

@@ -132,10 +132,7 @@ pub async fn serve_metrics(global: &GlobalArgs) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(booking_api::observability::metrics),
         )
-        .route(
-            "/healthz",
-            axum::routing::get(booking_api::health::healthz),
-        )
+        .route("/healthz", axum::routing::get(booking_api::health::healthz))
         .route(
             "/readyz",
             axum::routing::get(booking_api::health::components_readyz),

@@ -114,15 +114,30 @@ pub fn seat_lock(
     }
 }
 
-/// The payment simulator the configuration describes.
-pub fn payment_gateway(global: &GlobalArgs) -> Arc<PaymentSimulator> {
+/// The payment simulator the configuration describes, its ledger in the event store's database
+/// (so that charges and refunds survive a restart and every payment process shares them).
+/// Waits while the database is away, as [`super::open_store`] does.
+pub async fn payment_gateway(global: &GlobalArgs) -> anyhow::Result<Arc<PaymentSimulator>> {
     let services = &global.services;
-    Arc::new(PaymentSimulator::new(SimulatorConfig {
+    let config = SimulatorConfig {
         latency: Duration::from_millis(services.payment_latency_ms),
         decline_rate: services.payment_decline_rate.clamp(0.0, 1.0),
         transient_rate: services.payment_transient_rate.clamp(0.0, 1.0),
         seed: services.payment_seed,
-    }))
+    };
+    let location = super::store_location(global)?;
+    let what = format!(
+        "opening the payment simulator's ledger at {}",
+        location.display_url()
+    );
+    let simulator =
+        infra::resilience::until_available(payment::GROUP, &what, super::interrupted(), || {
+            PaymentSimulator::open(config.clone(), location.url())
+        })
+        .await
+        .with_context(|| what.clone())?
+        .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))?;
+    Ok(Arc::new(simulator))
 }
 
 pub fn payment(
@@ -224,7 +239,7 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
         Component::Payment => payment(
             global,
             store.clone(),
-            payment_gateway(global),
+            payment_gateway(global).await?,
             &brokers,
             None,
         ),

@@ -229,7 +229,9 @@ async fn plant_a_wrong_row(db: &ReadModelDb, head: Position) {
         ..Default::default()
     };
     let generation = db.generation(READ_MODELS).await.unwrap();
-    db.commit(READ_MODELS, head, generation, head, &changes).await.unwrap();
+    db.commit(READ_MODELS, head, generation, head, &changes)
+        .await
+        .unwrap();
     assert_ne!(db.rows().await.unwrap(), rows);
 }
 

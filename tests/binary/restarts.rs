@@ -79,16 +79,18 @@ fn wait_all_terminal(api: &str, bookings: &[String], within: Duration) -> Vec<Va
     let deadline = Instant::now() + within;
     bookings
         .iter()
-        .map(|id| loop {
-            let (status, body) = booking(api, id);
-            if status == 200 && is_terminal(&body) {
-                break body;
+        .map(|id| {
+            loop {
+                let (status, body) = booking(api, id);
+                if status == 200 && is_terminal(&body) {
+                    break body;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "booking {id} never ended: {status} {body:#}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(
-                Instant::now() < deadline,
-                "booking {id} never ended: {status} {body:#}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         })
         .collect()
 }
@@ -103,7 +105,10 @@ fn assert_no_seat_sold_twice(bookings: &[Value]) -> usize {
             let key = (booking["show_id"].to_string(), seat.to_string());
             let owner = booking["booking_id"].to_string();
             if let Some(previous) = owners.insert(key, owner) {
-                panic!("seat {seat} sold to {previous} and {}", booking["booking_id"]);
+                panic!(
+                    "seat {seat} sold to {previous} and {}",
+                    booking["booking_id"]
+                );
             }
         }
     }
@@ -197,15 +202,19 @@ fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
         testkit::PgStop::Fast,
     ] {
         let before = accepted();
-        wait_until(Duration::from_secs(30), "bookings before the restart", || {
-            accepted() >= before + 20
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "bookings before the restart",
+            || accepted() >= before + 20,
+        );
         postgres.stop(mode).unwrap();
         // While the store is down the API answers 503 + Retry-After within a second.
         let unavailable = log.lock().unwrap().unavailable;
-        wait_until(Duration::from_secs(10), "a 503 while Postgres is down", || {
-            log.lock().unwrap().unavailable >= unavailable + 5
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "a 503 while Postgres is down",
+            || log.lock().unwrap().unavailable >= unavailable + 5,
+        );
         let (ready, _, detail) = http_with_head(&api, "GET", "/readyz", None, "");
         assert_eq!(ready, 503, "/readyz while Postgres is down: {detail}");
         postgres.start().unwrap();
@@ -214,15 +223,21 @@ fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
             http_with_head(&api, "GET", "/readyz", None, "").0 == 200
         });
         let accepted_before = accepted();
-        wait_until(Duration::from_secs(60), "bookings after the restart", || {
-            accepted() > accepted_before
-        });
+        wait_until(
+            Duration::from_secs(60),
+            "bookings after the restart",
+            || accepted() > accepted_before,
+        );
         // Recovery: from the server being back to the first booking confirmed after it.
         let first_after = log.lock().unwrap().accepted[accepted_before].clone();
-        wait_until(Duration::from_secs(60), "a confirmation after the restart", || {
-            booking(&api, &first_after).1["status"] == "confirmed"
-                || is_terminal(&booking(&api, &first_after).1)
-        });
+        wait_until(
+            Duration::from_secs(60),
+            "a confirmation after the restart",
+            || {
+                booking(&api, &first_after).1["status"] == "confirmed"
+                    || is_terminal(&booking(&api, &first_after).1)
+            },
+        );
         recoveries.push((mode, back.elapsed()));
         assert!(running.is_running(), "up exited after a {mode:?} stop");
     }

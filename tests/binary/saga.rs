@@ -59,6 +59,34 @@ impl Stack {
         }
     }
 
+    /// The payment simulator's ledger entry of a booking (the booking id is its charge key),
+    /// read from the store's database, where the simulator of `zingqueue up` keeps it.
+    fn ledger_charge(&self, booking_id: &str) -> payment::simulator::ChargeEntry {
+        self.try_ledger_charge(booking_id)
+            .unwrap_or_else(|| panic!("booking {booking_id} has no charge in the ledger"))
+    }
+
+    /// The ledger entry, if the simulator has one yet.
+    fn try_ledger_charge(&self, booking_id: &str) -> Option<payment::simulator::ChargeEntry> {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(payment::simulator::ledger_charge(
+                &self.servers.database.url,
+                booking_id,
+            ))
+            .unwrap()
+    }
+
+    /// The payment simulator's ledger, summed.
+    fn ledger_totals(&self) -> payment::simulator::LedgerTotals {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(payment::simulator::ledger_totals(
+                &self.servers.database.url,
+            ))
+            .unwrap()
+    }
+
     fn emails_to(&self, customer: &str) -> Vec<String> {
         let address = format!("{customer}@example.com");
         self.servers
@@ -299,9 +327,15 @@ fn payments_that_fail_retry_or_time_out() {
     let show = stack.create_show(2, 5);
 
     // Three transient errors, then success.
-    let flaky = stack.book(&show, &["A-1-1"], "sim_flaky_3", "flaky");
-    let flaky = stack.wait_for_status(&flaky, "confirmed");
+    let flaky_id = stack.book(&show, &["A-1-1"], "sim_flaky_3", "flaky");
+    let flaky = stack.wait_for_status(&flaky_id, "confirmed");
     assert_eq!(count(&timeline(&flaky), "payment_succeeded"), 1);
+    let charge = stack.ledger_charge(&flaky_id);
+    assert_eq!(
+        (charge.charge_calls, charge.times_taken),
+        (4, 1),
+        "{charge:?}"
+    );
 
     // Declined: failed at once, no dead letter.
     let declined = stack.book(&show, &["A-1-2"], "sim_declined", "declined");
@@ -312,14 +346,30 @@ fn payments_that_fail_retry_or_time_out() {
     );
 
     // Unknown outcome: charged once, not twice.
-    let unknown = stack.book(&show, &["A-1-3"], "sim_unknown", "unknown");
-    let unknown = stack.wait_for_status(&unknown, "confirmed");
+    let unknown_id = stack.book(&show, &["A-1-3"], "sim_unknown", "unknown");
+    let unknown = stack.wait_for_status(&unknown_id, "confirmed");
     assert_eq!(count(&timeline(&unknown), "payment_succeeded"), 1);
     assert_eq!(unknown["refund_status"], "none");
+    // The events cannot tell: the charge id derives from the key, and the provider answers a
+    // second charge with the first receipt. The provider's ledger can: after the timeout the
+    // service asked for the outcome, it did not charge again.
+    let charge = stack.ledger_charge(&unknown_id);
+    assert_eq!(
+        (charge.charge_calls, charge.times_taken),
+        (1, 1),
+        "one charge call, then status queries: {charge:?}"
+    );
+    assert!(charge.status_calls >= 1, "{charge:?}");
 
     // Exhausted (5 attempts by default): failed, seats free again, a dead letter.
-    let exhausted = stack.book(&show, &["A-2-1"], "sim_flaky_10", "exhausted");
-    let exhausted = stack.wait_for_status(&exhausted, "failed");
+    let exhausted_id = stack.book(&show, &["A-2-1"], "sim_flaky_10", "exhausted");
+    let exhausted = stack.wait_for_status(&exhausted_id, "failed");
+    let charge = stack.ledger_charge(&exhausted_id);
+    assert_eq!(
+        (charge.charge_calls, charge.times_taken),
+        (5, 0),
+        "{charge:?}"
+    );
     let letters = stack.dead_letters("?cause=payment-exhausted");
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0]["group"], "payment");
@@ -370,6 +420,11 @@ fn payments_that_fail_retry_or_time_out() {
         "the redrive appended nothing but emails"
     );
     assert_eq!(count(&timeline(&after), "payment_succeeded"), 0);
+    assert_eq!(
+        stack.ledger_charge(&exhausted_id).charge_calls,
+        5,
+        "the redrive made no charge call"
+    );
     // Asking again changes nothing.
     let (status, body) = stack.request(
         "POST",
@@ -424,6 +479,20 @@ fn cancelling_in_each_state_frees_the_seats_and_refunds_what_was_taken() {
     );
     assert_eq!(public["seats"][1]["state"], "held");
     assert!(public["seats"][1].get("booking_id").is_none());
+    // The read models see the hold before payment does (it comes through the relay and
+    // Kafka); a cancel that beat it there would leave nothing to charge, or to refund. Cancel
+    // once the slow provider has taken the money and before it answers (it answers 3 s later).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack
+        .try_ledger_charge(&held)
+        .is_none_or(|charge| charge.times_taken == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the held booking was never charged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, _) = stack.request(
         "DELETE",
         &format!("/bookings/{held}"),
@@ -754,6 +823,19 @@ fn redelivery_from_offset_zero_repeats_no_effect() {
     }
     let emails = stack.servers.smtp.messages().len();
     assert_eq!(emails, 3);
+    // The provider's ledger: two charge calls (the confirmed booking's and the declined one's;
+    // the rejected booking was never held), one of which took money, no refund.
+    let ledger = stack.ledger_totals();
+    assert_eq!(
+        (
+            ledger.charge_calls,
+            ledger.charges_taken,
+            ledger.refund_calls,
+            ledger.refunds_made
+        ),
+        (2, 1, 0, 0),
+        "{ledger:?}"
+    );
     stack.stop();
     let head = log_head(&stack);
     let end: i64 = committed(&stack.servers.kafka, "seat-lock");
@@ -777,6 +859,26 @@ fn redelivery_from_offset_zero_repeats_no_effect() {
         log_head(&stack),
         head,
         "no event was appended by the redelivery"
+    );
+    // Not even a charge call or a refund: a charge repeated under the booking's key would
+    // leave the events as they are (the provider answers it with the first receipt), the
+    // provider's ledger counts it. (Status queries are allowed: payment asks about an earlier
+    // charge of a booking that is no longer held.)
+    let again = stack.ledger_totals();
+    assert_eq!(
+        (
+            again.charge_calls,
+            again.charges_taken,
+            again.refund_calls,
+            again.refunds_made
+        ),
+        (
+            ledger.charge_calls,
+            ledger.charges_taken,
+            ledger.refund_calls,
+            ledger.refunds_made
+        ),
+        "the redelivery charged or refunded again: {again:?}"
     );
     assert_eq!(
         stack.servers.smtp.messages().len(),

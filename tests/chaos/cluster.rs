@@ -89,9 +89,8 @@ impl Cluster {
         let postgres = testkit::own_postgres();
         let redis = testkit::own_redis(testkit::RedisPersistence::Rdb);
         let broker_storage = testkit::postgres();
-        let broker = testkit::own_nisshi(testkit::NisshiStorage::Postgres(
-            broker_storage.url.clone(),
-        ));
+        let broker =
+            testkit::own_nisshi(testkit::NisshiStorage::Postgres(broker_storage.url.clone()));
         let smtp = testkit::smtp();
         let data_dir = tempfile::tempdir().unwrap();
         let env: Vec<(String, String)> = [
@@ -186,10 +185,7 @@ impl Cluster {
     /// Every component process still runs (none exited on its own over a fault).
     pub fn assert_all_running(&mut self) {
         for component in &mut self.components {
-            let running = component
-                .running
-                .as_mut()
-                .is_some_and(Running::is_running);
+            let running = component.running.as_mut().is_some_and(Running::is_running);
             assert!(running, "{} exited", component.name);
         }
     }

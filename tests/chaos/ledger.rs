@@ -23,7 +23,16 @@ fn psql() -> std::path::PathBuf {
 
 fn scalar(database_url: &str, sql: &str) -> usize {
     let output = Command::new(psql())
-        .args(["--no-psqlrc", "-At", "-v", "ON_ERROR_STOP=1", "-d", database_url, "-c", sql])
+        .args([
+            "--no-psqlrc",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            database_url,
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql runs (package postgresql-client)");
     assert!(
@@ -34,7 +43,12 @@ fn scalar(database_url: &str, sql: &str) -> usize {
     String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("{sql} answered {:?}", String::from_utf8_lossy(&output.stdout)))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{sql} answered {:?}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
 }
 
 pub fn totals(database_url: &str) -> Totals {

@@ -137,7 +137,8 @@ fn get(cluster: &Cluster, path: &str) -> Option<(u16, Value)> {
         if std::net::TcpStream::connect(api).is_err() {
             continue;
         }
-        let (status, body) = crate::support::json_request(api, "GET", path, Some(ADMIN), &Value::Null);
+        let (status, body) =
+            crate::support::json_request(api, "GET", path, Some(ADMIN), &Value::Null);
         if status == 200 || status == 404 {
             return Some((status, body));
         }
@@ -175,7 +176,10 @@ fn wait_for(cluster: &Cluster, id: &str, within: Duration, done: impl Fn(&Value)
             if done(&booking) {
                 return booking;
             }
-            assert!(Instant::now() < deadline, "booking never got there: {booking:#}");
+            assert!(
+                Instant::now() < deadline,
+                "booking never got there: {booking:#}"
+            );
         } else {
             assert!(Instant::now() < deadline, "booking {id} never readable");
         }
@@ -186,7 +190,14 @@ fn wait_for(cluster: &Cluster, id: &str, within: Duration, done: impl Fn(&Value)
 impl Sale {
     pub fn start(cluster: &Cluster) -> Sale {
         let shows = (0..SHOWS)
-            .map(|i| create_show(&cluster.apis[i % 2], &format!("Chaos {i}"), ROWS, SEATS_PER_ROW))
+            .map(|i| {
+                create_show(
+                    &cluster.apis[i % 2],
+                    &format!("Chaos {i}"),
+                    ROWS,
+                    SEATS_PER_ROW,
+                )
+            })
             .collect();
         let probe_show = create_show(&cluster.apis[0], "Chaos probes", 1, 200);
         let shared = Arc::new(Shared {
@@ -257,7 +268,11 @@ impl Sale {
             driver.join().unwrap();
         }
         let log = self.shared.log.lock().unwrap();
-        assert!(log.wrong.is_empty(), "answers no client should get: {:#?}", log.wrong);
+        assert!(
+            log.wrong.is_empty(),
+            "answers no client should get: {:#?}",
+            log.wrong
+        );
         Outcome {
             accepted: log.accepted.clone(),
             unavailable: log.unavailable,
@@ -273,7 +288,7 @@ fn drive(shared: &Shared) {
         let show = &shared.shows[i % SHOWS];
         let seat = |n: usize| format!("A-{}-{}", 1 + n / SEATS_PER_ROW, 1 + n % SEATS_PER_ROW);
         let first = (i * 7) % seat_count;
-        let seats = if i % 3 == 0 {
+        let seats = if i.is_multiple_of(3) {
             vec![seat(first)]
         } else {
             vec![seat(first), seat((first + 1) % seat_count)]
@@ -301,7 +316,10 @@ fn assert_no_seat_sold_twice(bookings: &[Value]) {
         for seat in booking["seats"].as_array().unwrap() {
             let key = (booking["show_id"].to_string(), seat.to_string());
             if let Some(previous) = owners.insert(key, booking["booking_id"].to_string()) {
-                panic!("seat {seat} sold to {previous} and {}", booking["booking_id"]);
+                panic!(
+                    "seat {seat} sold to {previous} and {}",
+                    booking["booking_id"]
+                );
             }
         }
     }
@@ -349,7 +367,10 @@ impl Settled {
             "money taken vs confirmed ({}) + refunded ({refunded}) bookings",
             self.confirmed()
         );
-        assert_eq!(ledger.refunds, refunded, "refunds in the ledger vs refunded bookings");
+        assert_eq!(
+            ledger.refunds, refunded,
+            "refunds in the ledger vs refunded bookings"
+        );
     }
 
     /// Every outcome was emailed at least once; a duplicate (same Message-ID) only after a

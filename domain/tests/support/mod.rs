@@ -8,9 +8,9 @@ use std::fmt::Debug;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::booking::{
-    BookingAbandoned, BookingCancelled, BookingConfirmed, BookingFailed, BookingRefunded, BookingRejected,
-    BookingRequested, CancelledBy, FailureReason, HoldExpired, PaymentFailed, PaymentFailureReason,
-    PaymentSucceeded, RefundRequested, RequestBooking, SeatsHeld,
+    BookingAbandoned, BookingCancelled, BookingConfirmed, BookingFailed, BookingRefunded,
+    BookingRejected, BookingRequested, CancelledBy, FailureReason, HoldExpired, PaymentFailed,
+    PaymentFailureReason, PaymentSucceeded, RefundRequested, RequestBooking, SeatsHeld,
 };
 use domain::show::{ScheduleShow, Section, ShowScheduled};
 use domain::{

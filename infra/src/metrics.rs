@@ -182,6 +182,11 @@ fn describe() {
         Unit::Seconds,
         "Time a handler took for one record or batch, per group"
     );
+    describe_histogram!(
+        "zq_email_unrecorded_seconds",
+        Unit::Seconds,
+        "Time from the SMTP server accepting an email to its EmailSent being stored (a crash in between sends it again)"
+    );
     describe_counter!(
         "zq_http_requests_total",
         Unit::Count,

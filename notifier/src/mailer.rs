@@ -2,7 +2,8 @@
 //!
 //! - [`SmtpMailer`] hands each message to an SMTP server (lettre, plain `smtp://`: this build has
 //!   no TLS) and classifies failures, so that the consumer retries what may pass later
-//!   ([`MailError::Transient`]) and dead-letters what never will ([`MailError::Permanent`]).
+//!   ([`MailError::Transient`]), waits for a server that is away ([`MailError::Unreachable`]) and
+//!   dead-letters what never will ([`MailError::Permanent`]).
 //! - [`MailDirMailer`] writes each message as an `.eml` file into a folder: the embedded default,
 //!   where there is no mail server. The file is named after the Message-ID and written atomically,
 //!   so a resent email replaces its file instead of adding a second one.
@@ -46,6 +47,12 @@ pub enum MailError {
     /// could not be written. Retry.
     #[error("temporary mail failure: {reason}")]
     Transient { reason: String },
+    /// The SMTP server could not be reached, or dropped the connection before it answered:
+    /// it is down or restarting. Transient too, but no delivery was attempted, so it does not
+    /// count against the tries of an email: the notifier waits for the server (not ready
+    /// meanwhile) instead of dead-lettering every email of an outage.
+    #[error("the mail server is unreachable: {reason}")]
+    Unreachable { reason: String },
     /// Retrying will not help: the server refused the message (5xx), the address is not one we
     /// can send to, or the configuration is wrong. Dead-letter it.
     #[error("permanent mail failure: {reason}")]
@@ -54,7 +61,12 @@ pub enum MailError {
 
 impl MailError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient { .. })
+        matches!(self, Self::Transient { .. } | Self::Unreachable { .. })
+    }
+
+    /// The server is away (see [`MailError::Unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
     }
 
     fn transient(reason: impl Into<String>) -> Self {
@@ -305,16 +317,21 @@ impl Mailer for SmtpMailer {
     }
 }
 
-/// Transient: 4xx replies, timeouts, refused or dropped connections, garbled replies (the server
-/// or the network may recover). Permanent: 5xx replies, and lettre's "client" errors, which mean
+/// Transient: 4xx replies and garbled replies; unreachable: timeouts, refused or dropped
+/// connections (the server or the network may recover). Permanent: 5xx replies, and lettre's "client" errors, which mean
 /// this message cannot be sent to this server as it is (e.g. a non-ASCII address to a server
 /// without SMTPUTF8), so a retry would fail the same way.
 fn classify(server: &str, error: &lettre::transport::smtp::Error) -> MailError {
     let reason = format!("SMTP {server}: {error}");
     if error.is_permanent() || error.is_client() {
         MailError::permanent(reason)
-    } else {
+    } else if error.is_transient() || error.is_response() || error.is_transport_shutdown() {
+        // A 4xx reply or a garbled one: the server took part, so this was a try.
         MailError::transient(reason)
+    } else {
+        // No reply at all: a refused, dropped or timed-out connection (lettre's connection
+        // and network errors, which it does not name).
+        MailError::Unreachable { reason }
     }
 }
 

@@ -178,6 +178,11 @@ impl Handler for NotifierHandler {
             infra::consumer::ensure_owned()?;
             match self.mailer.send(&email).await {
                 Ok(()) => break,
+                // The server is away: not a try. The runtime retries the record with backoff
+                // (the notifier is not ready meanwhile) until the server is back.
+                Err(error) if error.is_unreachable() => {
+                    return Err(HandlerError::Transient(error.to_string()));
+                }
                 Err(error) if error.is_transient() && self.retry.may_retry_after(attempt) => {
                     let delay = self.retry.delay(attempt);
                     warn!(%booking_id, attempt, ?delay, %error, "sending an email failed; retrying");
@@ -194,6 +199,10 @@ impl Handler for NotifierHandler {
             }
         }
         info!(%booking_id, outcome = outcome.as_str(), message_id = %email.message_id(), "email sent");
+        // From here until `EmailSent` is stored, a crash sends this email again (the one
+        // duplicate DESIGN.md allows): how long that window is open, in
+        // `zq_email_unrecorded_seconds`.
+        let accepted = std::time::Instant::now();
         let message_id = email.message_id();
         let channel = self.mailer.channel();
         // The server has the email: from here on only the record is retried, never the send
@@ -214,7 +223,11 @@ impl Handler for NotifierHandler {
             )
             .await;
             match recorded.map_err(HandlerError::from) {
-                Ok(_) => break,
+                Ok(_) => {
+                    metrics::histogram!("zq_email_unrecorded_seconds")
+                        .record(accepted.elapsed().as_secs_f64());
+                    break;
+                }
                 Err(HandlerError::Transient(reason)) if attempt < RECORD_ATTEMPTS => {
                     let delay = self.retry.delay(attempt.min(5));
                     warn!(%booking_id, attempt, ?delay, %reason, "recording a sent email failed; retrying the record only");

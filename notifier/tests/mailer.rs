@@ -188,6 +188,8 @@ async fn a_stopped_server_is_a_transient_error() {
     server.stop();
     let error = mailer.send(&email(Outcome::Confirmed)).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
+    // Nobody answered: not a try of this email (the notifier waits for the server).
+    assert!(error.is_unreachable(), "{error}");
     assert!(
         error.to_string().contains(&server.port.to_string()),
         "{error}"
@@ -282,6 +284,8 @@ async fn four_hundreds_are_transient_and_five_hundreds_permanent() {
         .await
         .unwrap_err();
     assert!(error.is_transient(), "{error}");
+    // The server answered 4xx: a try, which counts.
+    assert!(!error.is_unreachable(), "{error}");
     assert!(error.to_string().contains("mailbox busy"), "{error}");
 
     let unknown = scripted_server("220 fake", "550 5.1.1 no such user").await;

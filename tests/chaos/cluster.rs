@@ -61,6 +61,8 @@ struct Component {
     /// An API's fixed address (kept across restarts, as behind a load balancer).
     listen: Option<String>,
     running: Option<Running>,
+    /// Where a non-API component serves `/metrics` (printed at start).
+    metrics: Option<String>,
 }
 
 pub struct Cluster {
@@ -113,6 +115,7 @@ impl Cluster {
             kind,
             listen,
             running: None,
+            metrics: None,
         };
         let apis = vec![free_address(), free_address()];
         let mut cluster = Cluster {
@@ -160,8 +163,26 @@ impl Cluster {
             (component.kind, component.listen.clone())
         };
         let env = self.env(listen.as_deref());
-        let (running, _) = spawn_until(&["run", kind], &env, &format!("{kind}:"));
+        // The API announces its address; the others their /metrics address (printed after
+        // the line that announces the component).
+        let announced = if kind == "api" { "api:" } else { "metrics:" };
+        let (running, rest) = spawn_until(&["run", kind], &env, announced);
         self.components[index].running = Some(running);
+        if kind != "api" {
+            let address = rest
+                .trim_start_matches("http://")
+                .trim_end_matches("/metrics");
+            self.components[index].metrics = Some(address.to_string());
+        }
+    }
+
+    /// The `/metrics` page of a component run on its own.
+    pub fn metrics_of(&self, name: &str) -> String {
+        let address = self.components[self.index_of(name)]
+            .metrics
+            .clone()
+            .unwrap_or_else(|| panic!("{name} serves no /metrics of its own"));
+        crate::support::http(&address, "GET", "/metrics", None, "").1
     }
 
     fn index_of(&self, name: &str) -> usize {

@@ -51,15 +51,49 @@ fn the_saga_rides_out_every_fault_in_turn() {
     let outcome = sale.stop();
     let settled = outcome.settle(&cluster, Duration::from_secs(180));
     settled.check_money(&cluster);
-    settled.check_emails(&cluster);
+    let duplicates = settled.check_emails(&cluster);
     eprintln!(
-        "chaos: {} bookings accepted ({} confirmed), {} answers 503, {} s in all",
+        "chaos: {} bookings accepted ({} confirmed), {} answers 503, {duplicates} duplicate \
+         emails after {} notifier kills, {} s in all",
         settled.bookings.len(),
         settled.confirmed(),
         outcome.unavailable,
+        cluster.notifier_kills,
         started.elapsed().as_secs()
     );
     println!("{}", recovery_table(&recoveries));
+    println!("{}", unrecorded_window(&cluster.metrics_of("notifier")));
+}
+
+/// How long an email accepted by the SMTP server waited for its `EmailSent` to be stored (the
+/// window in which a notifier crash sends it again), from the last notifier's histogram.
+fn unrecorded_window(page: &str) -> String {
+    let value = |series: &str| {
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("zq_email_unrecorded_seconds_count");
+    let sum = value("zq_email_unrecorded_seconds_sum");
+    // The smallest bucket bound holding 99% of the emails: an upper bound of the p99.
+    let p99 = page
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("zq_email_unrecorded_seconds_bucket{le=\"")?;
+            let (bound, n) = rest.split_once("\"} ")?;
+            Some((bound.parse::<f64>().ok()?, n.trim().parse::<f64>().ok()?))
+        })
+        .find(|(_, n)| *n >= count * 0.99)
+        .map_or(f64::NAN, |(bound, _)| bound);
+    format!(
+        "chaos: email accepted → EmailSent stored: {count} emails, mean {:.1} ms, p99 ≤ {:.0} ms",
+        if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        },
+        p99 * 1000.0
+    )
 }
 
 /// The recovery times as a Markdown table (median and worst per fault over the rounds).

@@ -375,7 +375,7 @@ impl Settled {
 
     /// Every outcome was emailed at least once; a duplicate (same Message-ID) only after a
     /// notifier kill, at most one per kill.
-    pub fn check_emails(&self, cluster: &Cluster) {
+    pub fn check_emails(&self, cluster: &Cluster) -> usize {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut per_message_id: BTreeMap<String, usize> = BTreeMap::new();
         let mut missing: Vec<String>;
@@ -405,6 +405,7 @@ impl Settled {
             "{duplicates} duplicate emails after {} notifier kills",
             cluster.notifier_kills
         );
+        duplicates
     }
 }
 

@@ -66,6 +66,18 @@ pub struct GlobalArgs {
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
 
+    /// How long a process that is starting waits for a server it needs (the database, Redis,
+    /// the broker) to answer before it gives up with the last error (0: try once). Once
+    /// running, a component waits for its servers as long as it takes.
+    #[arg(
+        long,
+        env = "ZQ_WAIT_FOR_SERVERS",
+        default_value_t = 60,
+        global = true,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub wait_for_servers: u64,
+
     #[command(flatten)]
     pub services: ServiceArgs,
 }

@@ -80,7 +80,11 @@ pub fn is_transient_sqlx(error: &sqlx::Error) -> bool {
 /// Postgres SQLSTATEs of a lost or refused connection, a server shutting down or a serialization
 /// failure; SQLite's BUSY and LOCKED (and their extended codes).
 fn transient_code(code: &str) -> bool {
-    if let Ok(sqlite_code) = code.parse::<u32>() {
+    // SQLite's codes are numbers of at most 4 digits; a Postgres SQLSTATE always has 5
+    // characters, some of them all digits ("53300", "08006"), which must not be read as SQLite's.
+    if code.len() < 5
+        && let Ok(sqlite_code) = code.parse::<u32>()
+    {
         return matches!(sqlite_code & 0xff, 5 | 6);
     }
     code.starts_with("08") // connection exception
@@ -100,4 +104,27 @@ pub struct DecodeError<E: std::error::Error + 'static> {
     pub event_type: String,
     #[source]
     pub source: E,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_code;
+
+    #[test]
+    fn numeric_postgres_states_are_not_taken_for_sqlite_codes() {
+        // Postgres: too many connections, connection failures, serialization failure.
+        for code in [
+            "53300", "08000", "08001", "08003", "08004", "08006", "40001", "57P01",
+        ] {
+            assert!(transient_code(code), "{code}");
+        }
+        // SQLite: BUSY, LOCKED and their extended codes (BUSY_SNAPSHOT = 517).
+        for code in ["5", "6", "517", "262"] {
+            assert!(transient_code(code), "{code}");
+        }
+        // Constraint violations are not transient on either.
+        for code in ["23505", "19", "2067"] {
+            assert!(!transient_code(code), "{code}");
+        }
+    }
 }

@@ -79,6 +79,18 @@ impl TopicAdmin for KafkaTopicAdmin {
         for result in self.admin.create_topics([&new_topic], &options).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // A broker that is starting or moving its controller: try again.
+                Err((
+                    _,
+                    code @ (RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::OperationTimedOut
+                    | RDKafkaErrorCode::NotController
+                    | RDKafkaErrorCode::BrokerNotAvailable
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::NetworkException
+                    | RDKafkaErrorCode::CoordinatorNotAvailable
+                    | RDKafkaErrorCode::CoordinatorLoadInProgress),
+                )) => return Err(TopicError::Kafka(KafkaError::AdminOp(code))),
                 Err((topic, code)) => {
                     return Err(TopicError::Create {
                         topic,

@@ -183,9 +183,10 @@ impl Retrying {
         self
     }
 
-    /// The component works: ready, and the next failure starts the backoff over.
+    /// The component works: ready. The backoff starts over only once an attempt has lasted a
+    /// while (`HEALTHY_RUN`): a server that answers the first query and fails the next must not
+    /// be retried at the first, shortest delay for ever.
     pub fn succeeded(&mut self) {
-        self.failures = 0;
         self.readiness.set_ready(&self.component);
     }
 

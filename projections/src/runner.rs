@@ -592,6 +592,7 @@ fn seat_change(
             event @ (BookingEvent::HoldExpired(_)
             | BookingEvent::Cancelled(_)
             | BookingEvent::Failed(_)
+            | BookingEvent::Abandoned(_)
             | BookingEvent::Rejected(_)),
         ) => (
             event.show_id(),

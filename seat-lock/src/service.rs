@@ -936,16 +936,23 @@ pub async fn run_sweeper(
 ) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(seat_lock.config.sweep_every);
+    // A hold store or database that is away: back off (not ready meanwhile) rather than fail
+    // again on every tick.
+    let mut retrying = infra::resilience::Retrying::new("seat-lock sweeper");
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
-            _ = tick.tick() => {
-                if let Err(error) = seat_lock.sweep_expired().await {
-                    warn!(%error, "sweeping expired holds failed");
+            () = &mut shutdown => break,
+            _ = tick.tick() => match seat_lock.sweep_expired().await {
+                Ok(_) => retrying.succeeded(),
+                Err(error) => {
+                    if !retrying.failed(format!("sweeping expired holds: {error}"), &mut shutdown).await {
+                        break;
+                    }
                 }
-            }
+            },
         }
     }
+    retrying.stopped();
 }
 
 /// Sold seats of every show and held seats of every open hold, from the whole log: what the hold

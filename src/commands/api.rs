@@ -11,7 +11,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     // Only the embedded `up` generates an admin token; a component on its own needs one given.
     let (admin, _) = super::admin_token::resolve(global.admin_token.as_deref(), None)?;
     let location = super::store_location(global)?;
-    let store = super::open_store(&location, "api").await?;
+    let store = super::open_store(global, &location, "api").await?;
     let listener = tokio::net::TcpListener::bind(global.listen)
         .await
         .with_context(|| format!("listening on {}", global.listen))?;
@@ -20,7 +20,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         location.display_url()
     );
-    let read_models = super::open_read_models(&location, "api").await?;
+    let read_models = super::open_read_models(global, &location, "api").await?;
     // The API serves /metrics for the whole system: the monitor reads lags, dead letters and
     // the funnel from the database, whichever processes run the components.
     let shutdown = futures::FutureExt::shared(Box::pin(super::interrupted()));

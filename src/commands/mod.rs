@@ -15,35 +15,74 @@ use infra::config::StoreLocation;
 
 use crate::cli::GlobalArgs;
 
-/// Open the event store of a long-running component, waiting while its database is away (the
-/// component is not ready meanwhile, see `infra::resilience`): a process started before its
-/// database comes up when the database does. A configuration error (a URL of no known kind, a
-/// refused login, a schema newer than this binary) stops it with the message.
+/// Run a start-up step that needs a server (opening the store, connecting to Redis, creating
+/// the topics), retrying while the server is away (the component is not ready meanwhile, see
+/// `infra::resilience`) for at most `--wait-for-servers` seconds: a process started just before
+/// its database comes up when the database does, and one pointed at a server that never answers
+/// gives up with the last error. A configuration error stops it at once with its message.
+pub async fn when_available<T, E, F, Fut>(
+    global: &GlobalArgs,
+    component: &str,
+    what: &str,
+    attempt: F,
+) -> anyhow::Result<T>
+where
+    E: infra::resilience::Transience + std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let wait = std::time::Duration::from_secs(global.wait_for_servers);
+    let gave_up = std::cell::Cell::new(false);
+    let stop = async {
+        tokio::select! {
+            () = interrupted() => {}
+            () = tokio::time::sleep(wait) => gave_up.set(true),
+        }
+    };
+    let outcome = infra::resilience::until_available(component, what, stop, attempt)
+        .await
+        .with_context(|| what.to_string())?;
+    match outcome {
+        Some(value) => Ok(value),
+        None if gave_up.get() => {
+            let last = infra::resilience::Readiness::global()
+                .not_ready()
+                .into_iter()
+                .find(|(name, ..)| name == component)
+                .map_or_else(String::new, |(_, reason, _)| format!(": {reason}"));
+            anyhow::bail!(
+                "{what}: no answer within {} s (--wait-for-servers / ZQ_WAIT_FOR_SERVERS){last}",
+                wait.as_secs()
+            )
+        }
+        None => anyhow::bail!("interrupted while {what}"),
+    }
+}
+
+/// Open the event store of a long-running component (see [`when_available`]).
 pub async fn open_store(
+    global: &GlobalArgs,
     location: &StoreLocation,
     component: &str,
 ) -> anyhow::Result<std::sync::Arc<dyn event_store::EventStore>> {
     let what = format!("opening the event store at {}", location.display_url());
-    infra::resilience::until_available(component, &what, interrupted(), || {
+    when_available(global, component, &what, || {
         event_store::open(location.url())
     })
     .await
-    .with_context(|| what.clone())?
-    .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))
 }
 
-/// Open the read models, waiting while their database is away (as [`open_store`]).
+/// Open the read models (see [`when_available`]).
 pub async fn open_read_models(
+    global: &GlobalArgs,
     location: &StoreLocation,
     component: &str,
 ) -> anyhow::Result<projections::ReadModelDb> {
     let what = format!("opening the read models at {}", location.display_url());
-    infra::resilience::until_available(component, &what, interrupted(), || {
+    when_available(global, component, &what, || {
         projections::ReadModelDb::open(location.url())
     })
     .await
-    .with_context(|| what.clone())?
-    .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))
 }
 
 /// Where the event store is, by the shared configuration.

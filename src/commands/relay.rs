@@ -5,7 +5,7 @@ use crate::cli::GlobalArgs;
 pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let (brokers, admin) = super::kafka(global, false)?;
     let location = super::store_location(global)?;
-    let store = super::open_store(&location, infra::relay::COMPONENT).await?;
+    let store = super::open_store(global, &location, infra::relay::COMPONENT).await?;
     println!(
         "relay: {} → {brokers} ({} partitions)",
         location.display_url(),

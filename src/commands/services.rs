@@ -71,16 +71,12 @@ pub async fn hold_store(global: &GlobalArgs) -> anyhow::Result<Arc<dyn HoldStore
                 "connecting to Redis at {}",
                 infra::config::redact_password(url)
             );
-            let connected = infra::resilience::until_available(
-                seat_lock::GROUP,
-                &what,
-                super::interrupted(),
-                || RedisHoldStore::connect(url, HOLD_GRACE),
+            Arc::new(
+                super::when_available(global, seat_lock::GROUP, &what, || {
+                    RedisHoldStore::connect(url, HOLD_GRACE)
+                })
+                .await?,
             )
-            .await
-            .with_context(|| what.clone())?
-            .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))?;
-            Arc::new(connected)
         }
         _ => Arc::new(MemoryHoldStore::new(HOLD_GRACE)),
     })
@@ -130,13 +126,10 @@ pub async fn payment_gateway(global: &GlobalArgs) -> anyhow::Result<Arc<PaymentS
         "opening the payment simulator's ledger at {}",
         location.display_url()
     );
-    let simulator =
-        infra::resilience::until_available(payment::GROUP, &what, super::interrupted(), || {
-            PaymentSimulator::open(config.clone(), location.url())
-        })
-        .await
-        .with_context(|| what.clone())?
-        .ok_or_else(|| anyhow::anyhow!("interrupted while {what}"))?;
+    let simulator = super::when_available(global, payment::GROUP, &what, || {
+        PaymentSimulator::open(config.clone(), location.url())
+    })
+    .await?;
     Ok(Arc::new(simulator))
 }
 
@@ -219,7 +212,7 @@ pub async fn run(global: &GlobalArgs, component: Component) -> anyhow::Result<()
     };
     let (brokers, admin) = super::kafka(global, false)?;
     let location = super::store_location(global)?;
-    let store = super::open_store(&location, name).await?;
+    let store = super::open_store(global, &location, name).await?;
     let service = match component {
         Component::SeatLock => {
             if global
@@ -270,7 +263,7 @@ pub async fn projector(
 /// `zingqueue run projections`.
 async fn run_projections(global: &GlobalArgs) -> anyhow::Result<()> {
     let location = super::store_location(global)?;
-    let store = super::open_store(&location, "projections").await?;
+    let store = super::open_store(global, &location, "projections").await?;
     let projector = projector(store.clone(), location.url()).await?;
     println!(
         "projections: keeping the read models on {}",

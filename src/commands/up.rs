@@ -39,7 +39,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
         global.admin_token.as_deref(),
         embedded.then_some(global.data_dir.as_path()),
     )?;
-    let store = super::open_store(&location, "up").await?;
+    let store = super::open_store(global, &location, "up").await?;
     let head = store.head().await?;
     let in_process_broker = global
         .kafka_brokers
@@ -49,16 +49,14 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     // Every topic exists before anything is announced: a client producing to a missing topic
     // would have the broker create it with its own partition count.
     // Waits while the broker is away; a topic with another partition count stops `up`.
-    infra::resilience::until_available("up", "creating the topics", super::interrupted(), || {
+    super::when_available(global, "up", "creating the topics", || {
         infra::consumer::ensure_topics(
             topic_admin.as_ref(),
             infra::kafka::BOOKING_EVENTS_TOPIC,
             global.partitions,
         )
     })
-    .await
-    .context("creating the topics")?
-    .ok_or_else(|| anyhow::anyhow!("interrupted while creating the topics"))?;
+    .await?;
     let listener = tokio::net::TcpListener::bind(global.listen)
         .await
         .with_context(|| format!("listening on {}", global.listen))?;
@@ -85,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<()> {
     );
     let (notifier, mail_dir) =
         services::notifier(global, store.clone(), &brokers, watermarks.as_ref())?;
-    let read_models = super::open_read_models(&location, "up").await?;
+    let read_models = super::open_read_models(global, &location, "up").await?;
     // The projector runs on a thread of its own (see projections::own_thread: it keeps the
     // read models within milliseconds of the log while the API takes a burst).
     let projector = projections::ProjectorThread::start(location.url(), store.head_hint())

@@ -54,11 +54,14 @@ fn an_unreachable_database_is_a_clear_error_not_a_panic() {
                 "postgres://nobody:secret@127.0.0.1:1/none",
             ),
             ("ZQ_ADMIN_TOKEN", "any"),
+            // A server that is starting gets this long; one that never answers, an error.
+            ("ZQ_WAIT_FOR_SERVERS", "2"),
         ],
     );
     let stderr = text(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("opening the event store"), "{stderr}");
+    assert!(stderr.contains("no answer within 2 s"), "{stderr}");
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 

@@ -23,10 +23,11 @@
 //!
 //! **Errors.** Records of types the handler does not subscribe to, and types this build does not
 //! know, are skipped and counted. A record that is not a valid event of a subscribed type is
-//! poison: a dead letter with the reason ([`dead_letters`]). A dead letter of a booking's record
-//! also ends the booking (`booking.abandoned.v1`: failed, refunded if paid), so that no booking
-//! waits for ever on a record nobody will finish (DESIGN.md); a booking that has ended already
-//! is left as it is. [`HandlerError::Transient`] retries
+//! poison: a dead letter with the reason ([`dead_letters`]). A record whose handler failed for
+//! good or panicked also ends its booking (`booking.abandoned.v1`: failed, refunded if paid), so
+//! that no booking waits for ever on a record nobody will finish (DESIGN.md); a booking that has
+//! ended already is left as it is. (A dead letter the handler chose, `Handled::DeadLetter`,
+//! comes after the handler recorded the booking's outcome itself.) [`HandlerError::Transient`] retries
 //! with exponential backoff and jitter ([`crate::backoff`]) until it succeeds or the group stops.
 //!
 //! **Progress and redrives.** Every second a task saves each partition's progress with a
@@ -429,7 +430,7 @@ impl ConsumerGroup {
             retry: config.retry,
             skip_through: watermark_start,
             stopping: Arc::new(AtomicBool::new(false)),
-            degraded: AtomicBool::new(false),
+            retrying: std::sync::atomic::AtomicUsize::new(0),
             watermarks: config.track_watermark.clone(),
             progress: Mutex::new(Progress {
                 partitions: HashMap::new(),
@@ -481,7 +482,10 @@ impl ConsumerGroup {
                         error!(group = %config.group, %error, "consuming failed");
                     }
                 },
-                _ = tick.tick() => dispatcher.flush_waiting(),
+                _ = tick.tick() => {
+                    dispatcher.flush_waiting();
+                    dispatcher.check_workers();
+                }
             }
             while let Ok(event) = rebalances.try_recv() {
                 dispatcher.rebalanced(event);
@@ -500,6 +504,7 @@ impl ConsumerGroup {
         shared.stopping.store(true, Ordering::SeqCst);
         dispatcher.stop(config.shutdown_grace).await;
         housekeeping.abort();
+        crate::resilience::Readiness::global().remove(&format!("{} broker", config.group));
         save_progress(&*self.store, &shared, config).await;
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last commit, or the broker is away: either way only
@@ -555,6 +560,20 @@ impl Dispatcher {
                 self.waiting.insert(partition, VecDeque::from([raw]));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.worker_gone(partition),
+        }
+    }
+
+    /// A worker of a partition that is still ours has ended: found on the tick, not only when
+    /// its partition's next record arrives (which may be never).
+    fn check_workers(&mut self) {
+        let ended: Vec<i32> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.has_ended())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in ended {
+            self.worker_gone(partition);
         }
     }
 
@@ -686,8 +705,10 @@ async fn housekeeping(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sweeps = 0u64;
     let mut redrives: Option<tokio::task::JoinHandle<()>> = None;
+    let broker_component = format!("{} broker", config.group);
     loop {
         tick.tick().await;
+        probe_broker(&shared, &broker_component).await;
         save_progress(&*store, &shared, &config).await;
         if sweeps.is_multiple_of(5)
             && let Err(error) = shared.dead_letters.sweep().await
@@ -710,6 +731,25 @@ async fn housekeeping(
                 }
             }));
         }
+    }
+}
+
+/// Whether the broker answers this member (its topic's metadata within a second): a broker that
+/// is down shows on `/readyz` (librdkafka reconnects on its own; nothing else needs doing).
+async fn probe_broker(shared: &Arc<WorkerShared>, component: &str) {
+    let (consumer, topic) = (shared.consumer.clone(), shared.topic.clone());
+    let answered = tokio::task::spawn_blocking(move || {
+        consumer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(1))
+            .map(|_| ())
+    })
+    .await;
+    let readiness = crate::resilience::Readiness::global();
+    match answered {
+        Ok(Ok(())) => readiness.set_ready(component),
+        Ok(Err(error)) => readiness.set_not_ready(component, &format!("the broker: {error}")),
+        Err(error) => readiness.set_not_ready(component, &format!("probing the broker: {error}")),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -37,8 +37,9 @@ pub(crate) struct WorkerShared {
     pub skip_through: Position,
     /// Set when the group stops (shared with every handler call's lease).
     pub stopping: Arc<AtomicBool>,
-    /// A handler call is retrying a transient failure (the group reports not ready).
-    pub degraded: AtomicBool,
+    /// Records (or batches) of this member retrying a transient failure now: the group reports
+    /// not ready while there is any (see [`Retries`]).
+    pub retrying: AtomicUsize,
     pub watermarks: Option<Watermarks>,
     pub progress: Mutex<Progress>,
 }
@@ -94,14 +95,6 @@ impl WorkerShared {
         marks.advance(&self.group, watermark);
     }
 
-    /// A handler call succeeded: if the group was retrying, it is ready again. (An atomic first,
-    /// so that the hot path does not take the readiness registry's lock.)
-    fn working(&self) {
-        if self.degraded.swap(false, Ordering::Relaxed) {
-            crate::resilience::Readiness::global().set_ready(&self.group);
-        }
-    }
-
     /// The lease a handler call of this worker runs under (see [`super::lease`]).
     fn lease(&self, revoked: &Arc<AtomicBool>) -> Lease {
         Lease::new(revoked.clone(), self.stopping.clone())
@@ -144,6 +137,11 @@ impl PartitionWorker {
             revoked,
             task,
         }
+    }
+
+    /// Whether the worker's task has ended (only revocation and shutdown end it normally).
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// The partition moved away: stop after the record in hand, store no more offsets.
@@ -232,6 +230,7 @@ async fn handle_batch(
     }
     let first_failed_at = Utc::now();
     let mut attempt = 0u32;
+    let mut retries = Retries::new(shared);
     let outcomes = loop {
         attempt += 1;
         let call = shared
@@ -242,9 +241,6 @@ async fn handle_batch(
         shared.record_duration(started);
         if !matches!(called, Ok(Ok(_))) {
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        if matches!(called, Ok(Ok(_))) {
-            shared.working();
         }
         match called {
             Ok(Ok(outcomes)) if outcomes.len() == events.len() => break Some(outcomes),
@@ -257,7 +253,7 @@ async fn handle_batch(
                 break None;
             }
             Ok(Err(HandlerError::Transient(reason))) => {
-                if !wait_to_retry(shared, attempt, &reason, revoked).await {
+                if !retries.wait(&reason, revoked).await {
                     return false;
                 }
             }
@@ -482,16 +478,14 @@ async fn handle_one(
     record: &EventRecord,
     revoked: &Arc<AtomicBool>,
 ) -> bool {
-    let booking_id = match &record.event {
-        domain::DomainEvent::Booking(event) => Some(event.booking_id()),
-        domain::DomainEvent::Show(event) => event.booking_id(),
-    };
+    let booking_id = booking_of(record);
     let span = info_span!("consume", group = %shared.group, event_id = %record.event_id,
                           event_type = %record.event_type, show_id = %record.event.show_id(),
                           booking_id = ?booking_id, position = %record.position);
     async {
         let first_failed_at = Utc::now();
         let mut attempt = 0u32;
+        let mut retries = Retries::new(shared);
         loop {
             attempt += 1;
             let call = shared
@@ -500,26 +494,42 @@ async fn handle_one(
             let started = std::time::Instant::now();
             let called = call.await;
             shared.record_duration(started);
-            if matches!(called, Ok(Ok(_))) {
-                shared.working();
-            } else {
+            if !matches!(called, Ok(Ok(_))) {
                 shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
             let outcome = match called {
                 Ok(Err(HandlerError::Transient(reason))) => {
-                    if !wait_to_retry(shared, attempt, &reason, revoked).await {
+                    if !retries.wait(&reason, revoked).await {
                         return false;
                     }
                     continue;
                 }
                 Ok(outcome) => outcome,
-                Err(_) => Err(HandlerError::Permanent("the handler panicked".into())),
+                Err(payload) => Err(HandlerError::Permanent(panic_reason(payload.as_ref()))),
             };
             return settle(shared, record, outcome, first_failed_at, attempt, revoked).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// What a panic said, for the dead letter's reason.
+fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a payload that is not text".into());
+    format!("the handler panicked: {message}")
+}
+
+/// The booking a record is about, if any.
+fn booking_of(record: &EventRecord) -> Option<domain::BookingId> {
+    match &record.event {
+        domain::DomainEvent::Booking(event) => Some(event.booking_id()),
+        domain::DomainEvent::Show(event) => event.booking_id(),
+    }
 }
 
 /// Make a handler's outcome durable (a dead letter when it asks for one).
@@ -532,35 +542,46 @@ async fn settle(
     revoked: &AtomicBool,
 ) -> bool {
     shared.stats.processed.fetch_add(1, Ordering::Relaxed);
-    // A final outcome: whatever was retried before it is over.
-    shared.working();
-    let (cause, reason, attempts, first_failed_at) = match outcome {
-        Ok(Handled::Done) => return true,
+    match outcome {
+        Ok(Handled::Done) => true,
+        // The handler chose the dead letter and recorded what the domain needed first (a
+        // payment failure, lost seats): the booking has its outcome already.
         Ok(Handled::DeadLetter {
             cause,
             reason,
             attempts,
             first_failed_at,
-        }) => (cause, reason, attempts, first_failed_at),
-        Err(error) => (
-            CAUSE_HANDLER_FAILED,
-            error.to_string(),
-            attempts,
-            first_failed_at,
-        ),
-    };
-    dead_letter(
-        shared,
-        &record.raw,
-        Some(&record.event_type),
-        cause,
-        &reason,
-        attempts,
-        first_failed_at,
-        revoked,
-    )
-    .await
-        && end_booking(shared, record, cause, &reason, revoked).await
+        }) => {
+            dead_letter(
+                shared,
+                &record.raw,
+                Some(&record.event_type),
+                cause,
+                &reason,
+                attempts,
+                first_failed_at,
+                revoked,
+            )
+            .await
+        }
+        // The handler failed (or panicked): nobody will finish this record, so its booking is
+        // ended here, once the dead letter is kept.
+        Err(error) => {
+            let reason = error.to_string();
+            dead_letter(
+                shared,
+                &record.raw,
+                Some(&record.event_type),
+                CAUSE_HANDLER_FAILED,
+                &reason,
+                attempts,
+                first_failed_at,
+                revoked,
+            )
+            .await
+                && end_booking(shared, record, CAUSE_HANDLER_FAILED, &reason, revoked).await
+        }
+    }
 }
 
 /// A record of a booking was dead-lettered: end the booking (`booking.abandoned.v1`, refunded
@@ -573,17 +594,12 @@ async fn end_booking(
     reason: &str,
     revoked: &AtomicBool,
 ) -> bool {
-    let booking_id = match &record.event {
-        domain::DomainEvent::Booking(event) => Some(event.booking_id()),
-        domain::DomainEvent::Show(event) => event.booking_id(),
-    };
-    let Some(booking_id) = booking_id else {
+    let Some(booking_id) = booking_of(record) else {
         return true;
     };
     let handler = format!("{}/abandon", shared.group);
-    let mut attempt = 0;
+    let mut retries = Retries::new(shared);
     loop {
-        attempt += 1;
         let decided = crate::commands::decide_booking(
             &*shared.store,
             booking_id,
@@ -603,14 +619,8 @@ async fn end_booking(
             Ok(_) | Err(crate::commands::CommandError::NoSuchBooking(_)) => return true,
             Err(error) => match HandlerError::from(error) {
                 HandlerError::Transient(reason) => {
-                    if !wait_to_retry(
-                        shared,
-                        attempt,
-                        &format!("ending a dead-lettered booking: {reason}"),
-                        revoked,
-                    )
-                    .await
-                    {
+                    let reason = format!("ending a dead-lettered booking: {reason}");
+                    if !retries.wait(&reason, revoked).await {
                         return false;
                     }
                 }
@@ -636,9 +646,8 @@ async fn dead_letter(
     first_failed_at: DateTime<Utc>,
     revoked: &AtomicBool,
 ) -> bool {
-    let mut attempt = 0;
+    let mut retries = Retries::new(shared);
     loop {
-        attempt += 1;
         match shared
             .dead_letters
             .record(raw, event_type, cause, reason, attempts, first_failed_at)
@@ -646,18 +655,11 @@ async fn dead_letter(
         {
             Ok(_) => {
                 shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                shared.working();
                 return true;
             }
             Err(error) => {
-                if !wait_to_retry(
-                    shared,
-                    attempt,
-                    &format!("storing a dead letter: {error}"),
-                    revoked,
-                )
-                .await
-                {
+                let reason = format!("storing a dead letter: {error}");
+                if !retries.wait(&reason, revoked).await {
                     return false;
                 }
             }
@@ -665,20 +667,51 @@ async fn dead_letter(
     }
 }
 
-/// Back off before another attempt. False when the worker is stopping or lost its partition.
-async fn wait_to_retry(
-    shared: &WorkerShared,
-    attempt: u32,
-    reason: &str,
-    revoked: &AtomicBool,
-) -> bool {
-    shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-    shared.degraded.store(true, Ordering::Relaxed);
-    crate::resilience::Readiness::global().set_not_ready(&shared.group, reason);
-    let delay = shared.retry.delay(attempt);
-    warn!(group = %shared.group, attempt, ?delay, %reason, "transient failure; retrying");
-    tokio::time::sleep(delay).await;
-    !shared.stopped(revoked)
+/// The retries of one record (or batch): backoff, counters, and the group's readiness, which
+/// is "not ready" while any record of the member is retrying and ready again when the last one
+/// is over, however it ended (done, dead-lettered, revoked, stopped).
+struct Retries<'a> {
+    shared: &'a WorkerShared,
+    attempts: u32,
+    counted: bool,
+}
+
+impl<'a> Retries<'a> {
+    fn new(shared: &'a WorkerShared) -> Retries<'a> {
+        Retries {
+            shared,
+            attempts: 0,
+            counted: false,
+        }
+    }
+
+    /// Back off before another attempt. False when the worker is stopping or lost its
+    /// partition (checked first: a revoked worker does not wait out a backoff to learn it).
+    async fn wait(&mut self, reason: &str, revoked: &AtomicBool) -> bool {
+        let shared = self.shared;
+        if shared.stopped(revoked) {
+            return false;
+        }
+        self.attempts += 1;
+        shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+        if !self.counted {
+            self.counted = true;
+            shared.retrying.fetch_add(1, Ordering::SeqCst);
+        }
+        crate::resilience::Readiness::global().set_not_ready(&shared.group, reason);
+        let delay = shared.retry.delay(self.attempts);
+        warn!(group = %shared.group, attempt = self.attempts, ?delay, %reason, "transient failure; retrying");
+        tokio::time::sleep(delay).await;
+        !shared.stopped(revoked)
+    }
+}
+
+impl Drop for Retries<'_> {
+    fn drop(&mut self) {
+        if self.counted && self.shared.retrying.fetch_sub(1, Ordering::SeqCst) == 1 {
+            crate::resilience::Readiness::global().set_ready(&self.shared.group);
+        }
+    }
 }
 
 /// Run a dead letter an operator asked to redrive through the handler again, and record the
@@ -705,7 +738,9 @@ pub(crate) async fn redrive(
                 AssertUnwindSafe(shared.handler.handle(&record))
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| Err(HandlerError::Permanent("the handler panicked".into())))
+                    .unwrap_or_else(|payload| {
+                        Err(HandlerError::Permanent(panic_reason(payload.as_ref())))
+                    })
             };
             let mut outcome = handle().await;
             for attempt in 1..3 {

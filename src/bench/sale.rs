@@ -333,6 +333,7 @@ async fn run_once(
         metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: Some(ADMIN_TOKEN.to_string()),
         partitions: global.partitions,
+        wait_for_servers: global.wait_for_servers,
         services: ServiceArgs {
             redis_url: redis.as_ref().map(|redis| redis.url().to_string()),
             // Mail goes to the scratch folder, never to a configured SMTP server.

@@ -4,22 +4,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, http_with_head, json_request, spawn_until};
+use support::{
+    Running, assert_no_seat_sold_twice, http_with_head, is_terminal, json_request, spawn_until,
+};
 
 const ADMIN: &str = "restarts-test-admin-token-0123456789abcdef";
-
-fn is_terminal(booking: &Value) -> bool {
-    matches!(
-        booking["status"].as_str(),
-        Some("confirmed" | "rejected" | "expired" | "cancelled" | "failed")
-    )
-}
 
 /// `zingqueue up` on `database_url` (and Redis when given), with its in-process broker and the
 /// mail folder; returns the process and the API's address.
@@ -95,26 +89,6 @@ fn wait_all_terminal(api: &str, bookings: &[String], within: Duration) -> Vec<Va
         .collect()
 }
 
-/// Every confirmed seat has one owner.
-fn assert_no_seat_sold_twice(bookings: &[Value]) -> usize {
-    let mut owners: HashMap<(String, String), String> = HashMap::new();
-    let mut confirmed = 0;
-    for booking in bookings.iter().filter(|b| b["status"] == "confirmed") {
-        confirmed += 1;
-        for seat in booking["seats"].as_array().unwrap() {
-            let key = (booking["show_id"].to_string(), seat.to_string());
-            let owner = booking["booking_id"].to_string();
-            if let Some(previous) = owners.insert(key, owner) {
-                panic!(
-                    "seat {seat} sold to {previous} and {}",
-                    booking["booking_id"]
-                );
-            }
-        }
-    }
-    confirmed
-}
-
 /// What the customers of a running sale saw.
 #[derive(Default)]
 struct SaleLog {
@@ -181,8 +155,13 @@ fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool)
 #[test]
 fn up_keeps_serving_across_three_postgres_restarts_in_a_row() {
     let postgres = testkit::own_postgres();
+    let redis = testkit::redis();
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut running, api) = up(&postgres.url, None, data_dir.path().to_str().unwrap());
+    let (mut running, api) = up(
+        &postgres.url,
+        Some(&redis.url),
+        data_dir.path().to_str().unwrap(),
+    );
     let seat_count = 200;
     let show = create_show(&api, 10, 20);
     let stop = Arc::new(AtomicBool::new(false));

@@ -176,6 +176,31 @@ impl Cluster {
         }
     }
 
+    /// Every component answers `GET /readyz` with 200 (its servers answer, nothing is
+    /// retrying); panics with the last answers after `within`.
+    pub fn wait_all_ready(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let waiting: Vec<String> = self
+                .components
+                .iter()
+                .filter_map(|component| {
+                    let address = component.listen.as_ref().or(component.metrics.as_ref())?;
+                    let (status, body) = crate::support::http(address, "GET", "/readyz", None, "");
+                    (status != 200).then(|| format!("{}: {status} {body}", component.name))
+                })
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready within {within:?}: {waiting:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The `/metrics` page of a component run on its own.
     pub fn metrics_of(&self, name: &str) -> String {
         let address = self.components[self.index_of(name)]

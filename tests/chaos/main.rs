@@ -44,11 +44,14 @@ fn the_saga_rides_out_every_fault_in_turn() {
             // Recovery: from the fault being over to a new booking confirmed.
             let recovery = sale.probe_confirmed(&cluster, Duration::from_secs(90));
             recoveries.push((fault, recovery));
-            // Every booking accepted so far ends; nothing sold twice; no 500.
+            // Every booking accepted so far ends; nothing sold twice; no 500; every component
+            // says it is ready again.
             sale.check_so_far(&cluster, Duration::from_secs(120));
+            cluster.wait_all_ready(Duration::from_secs(60));
         }
     }
     let outcome = sale.stop();
+    cluster.assert_all_running();
     let settled = outcome.settle(&cluster, Duration::from_secs(180));
     settled.check_money(&cluster);
     let duplicates = settled.check_emails(&cluster);

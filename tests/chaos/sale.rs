@@ -2,7 +2,7 @@
 //! through both API replicas with every kind of card, retrying a `503` (or a replica that is
 //! down) with the same `Idempotency-Key`, as a client behind a load balancer would.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::cluster::{ADMIN, Cluster};
+use crate::support::{assert_no_seat_sold_twice, is_terminal};
 
 const SHOWS: usize = 4;
 const ROWS: usize = 5;
@@ -81,13 +82,31 @@ fn book(shared: &Shared, body: &Value, key: &str, first_api: usize) -> Option<(u
     loop {
         let api = &shared.apis[(first_api + attempt) % shared.apis.len()];
         attempt += 1;
+        let asked = Instant::now();
         match post(api, &body, key) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    || error.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                // A replica that hangs is a failure, not a replica that is down.
+                shared
+                    .log
+                    .lock()
+                    .unwrap()
+                    .wrong
+                    .push(format!("no answer from {api} within {:?}", asked.elapsed()));
+            }
             Err(_) => {
                 // That replica is down (killed, restarting): the other one.
             }
             Ok((status, head, answer)) => match status {
                 202 => return Some((status, serde_json::from_str(&answer).unwrap_or_default())),
-                503 | 429 if head.contains("retry-after:") => {
+                // Overloaded or the store away: answered at once (2 s: eight processes share
+                // two cores here; `tests/binary/restarts.rs` holds `up` to one second).
+                503 | 429
+                    if head.contains("retry-after:")
+                        && asked.elapsed() < Duration::from_secs(2) =>
+                {
                     shared.log.lock().unwrap().unavailable += 1;
                 }
                 // The same key's first request still in flight (on the other replica).
@@ -139,6 +158,10 @@ fn get(cluster: &Cluster, path: &str) -> Option<(u16, Value)> {
         }
         let (status, body) =
             crate::support::json_request(api, "GET", path, Some(ADMIN), &Value::Null);
+        assert!(
+            status < 500 || status == 503,
+            "GET {path} on {api}: {status} {body}"
+        );
         if status == 200 || status == 404 {
             return Some((status, body));
         }
@@ -159,13 +182,6 @@ fn create_show(api: &str, name: &str, rows: usize, seats_per_row: usize) -> Stri
     );
     assert_eq!(status, 201, "{body}");
     body["show_id"].as_str().unwrap().to_string()
-}
-
-fn is_terminal(booking: &Value) -> bool {
-    matches!(
-        booking["status"].as_str(),
-        Some("confirmed" | "rejected" | "expired" | "cancelled" | "failed")
-    )
 }
 
 /// Wait until the booking satisfies `done`; panics with its last state after `within`.
@@ -309,22 +325,6 @@ fn drive(shared: &Shared) {
     }
 }
 
-/// Every confirmed seat of a show has one owner.
-fn assert_no_seat_sold_twice(bookings: &[Value]) {
-    let mut owners: HashMap<(String, String), String> = HashMap::new();
-    for booking in bookings.iter().filter(|b| b["status"] == "confirmed") {
-        for seat in booking["seats"].as_array().unwrap() {
-            let key = (booking["show_id"].to_string(), seat.to_string());
-            if let Some(previous) = owners.insert(key, booking["booking_id"].to_string()) {
-                panic!(
-                    "seat {seat} sold to {previous} and {}",
-                    booking["booking_id"]
-                );
-            }
-        }
-    }
-}
-
 impl Outcome {
     /// Wait until every booking has ended and no refund is pending.
     pub fn settle(&self, cluster: &Cluster, within: Duration) -> Settled {
@@ -373,8 +373,8 @@ impl Settled {
         );
     }
 
-    /// Every outcome was emailed at least once; a duplicate (same Message-ID) only after a
-    /// notifier kill, at most one per kill.
+    /// Every outcome was emailed at least once (the end of each booking, and its refund); a
+    /// duplicate (same Message-ID) only after a notifier kill, at most one per kill.
     pub fn check_emails(&self, cluster: &Cluster) -> usize {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut per_message_id: BTreeMap<String, usize> = BTreeMap::new();
@@ -387,18 +387,32 @@ impl Settled {
                     *per_message_id.entry(id).or_default() += 1;
                 }
             }
+            // One email per outcome: the end, and the refund when money went back.
             missing = self
                 .bookings
                 .iter()
-                .filter(|(accepted, _)| !messages.iter().any(|m| sent_to(m, &accepted.email)))
-                .map(|(accepted, booking)| format!("{} ({})", accepted.email, booking["status"]))
+                .filter(|(accepted, booking)| {
+                    let expected = 1 + usize::from(booking["refund_status"] == "refunded");
+                    let sent: std::collections::BTreeSet<Option<String>> = messages
+                        .iter()
+                        .filter(|m| sent_to(m, &accepted.email))
+                        .map(|m| message_id(m))
+                        .collect();
+                    sent.len() < expected
+                })
+                .map(|(accepted, booking)| {
+                    format!(
+                        "{} ({}, refund {})",
+                        accepted.email, booking["status"], booking["refund_status"]
+                    )
+                })
                 .collect();
             if missing.is_empty() || Instant::now() > deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(missing.is_empty(), "never emailed: {missing:?}");
+        assert!(missing.is_empty(), "an outcome never emailed: {missing:?}");
         let duplicates: usize = per_message_id.values().map(|n| n - 1).sum();
         assert!(
             duplicates <= cluster.notifier_kills,

@@ -236,3 +236,30 @@ pub fn first_dashboard_look(api: &str) -> serde_json::Value {
     }
     panic!("the dashboard stream ended without a look");
 }
+
+/// Whether a booking (as `GET /bookings/{id}` answers it) has ended.
+pub fn is_terminal(booking: &serde_json::Value) -> bool {
+    matches!(
+        booking["status"].as_str(),
+        Some("confirmed" | "rejected" | "expired" | "cancelled" | "failed")
+    )
+}
+
+/// Every confirmed seat of a show has one owner; returns how many bookings are confirmed.
+pub fn assert_no_seat_sold_twice(bookings: &[serde_json::Value]) -> usize {
+    let mut owners: std::collections::HashMap<(String, String), String> = Default::default();
+    let mut confirmed = 0;
+    for booking in bookings.iter().filter(|b| b["status"] == "confirmed") {
+        confirmed += 1;
+        for seat in booking["seats"].as_array().expect("seats") {
+            let key = (booking["show_id"].to_string(), seat.to_string());
+            if let Some(previous) = owners.insert(key, booking["booking_id"].to_string()) {
+                panic!(
+                    "seat {seat} sold to {previous} and {}",
+                    booking["booking_id"]
+                );
+            }
+        }
+    }
+    confirmed
+}

@@ -60,6 +60,7 @@ on_both!(
     a_fence_stops_every_write_until_its_rebuild_and_never_goes_back,
     an_overtaken_rebuild_writes_nothing,
     a_restart_that_brings_the_old_epoch_back_is_noticed_by_every_write,
+    a_rebuild_keeps_only_what_the_snapshot_holds,
 );
 
 /// A store under test, plus what the test needs to flush it, and its generation numbers (the
@@ -866,6 +867,41 @@ async fn rebuild_restores_holds_sold_seats_and_expiries(backend: Backend) {
     );
 }
 
+/// A store restored from an older file holds a sold marker of a sale since cancelled, a hold
+/// since released and its expiry entry: the rebuild from the log (which has neither) must drop
+/// them, or the cancelled sale's seat stays blocked for good.
+async fn a_rebuild_keeps_only_what_the_snapshot_holds(backend: Backend) {
+    let (fixture, epoch) = Fixture::ready(backend).await;
+    let store = fixture.store.as_ref();
+    let show = ShowId::new();
+    let (cancelled, released) = (BookingId::new(), BookingId::new());
+    let t = now();
+    store
+        .hold(
+            &epoch,
+            &[
+                request(show, cancelled, &["A-1-1"], t + ms(60_000)),
+                request(show, released, &["A-1-2"], t + ms(60_000)),
+            ],
+            t,
+        )
+        .await
+        .unwrap();
+    store
+        .mark_sold(&epoch, show, cancelled, &seats(&["A-1-1"]))
+        .await
+        .unwrap();
+    // The restart brings all of it back; the log says both seats are free.
+    fixture.restart_keeping_everything().await;
+    fixture.rebuild(&HoldSnapshot::default(), t).await;
+    assert_eq!(store.seat(show, &seat("A-1-1")).await.unwrap(), None);
+    assert_eq!(store.seat(show, &seat("A-1-2")).await.unwrap(), None);
+    assert_eq!(
+        store.due_expiries(t + ms(120_000), 10).await.unwrap(),
+        vec![]
+    );
+}
+
 async fn a_flush_is_noticed_by_the_next_hold(backend: Backend) {
     let (fixture, epoch) = Fixture::ready(backend).await;
     let store = fixture.store.as_ref();
@@ -962,8 +998,13 @@ async fn every_write_is_refused(store: &dyn HoldStore, epoch: &str, show: ShowId
     assert_eq!(picture(store, show, &ids).await, before);
 }
 
-/// Under `epoch`: A holds A-1-1 and owns A-1-2, B holds A-1-3. Returns (A, B).
-async fn seed(store: &dyn HoldStore, epoch: &str, show: ShowId) -> (BookingId, BookingId) {
+/// Under `epoch`: A holds A-1-1 and owns A-1-2, B holds A-1-3. Returns (A, B) and the
+/// snapshot the log would give of that (what a rebuild that loses nothing writes back).
+async fn seed(
+    store: &dyn HoldStore,
+    epoch: &str,
+    show: ShowId,
+) -> (BookingId, BookingId, HoldSnapshot) {
     let (a, b) = (BookingId::new(), BookingId::new());
     let t = now();
     let expires = t + ms(60_000);
@@ -988,18 +1029,25 @@ async fn seed(store: &dyn HoldStore, epoch: &str, show: ShowId) -> (BookingId, B
         .hold(epoch, &[request(show, a, &["A-1-1"], expires)], t)
         .await
         .unwrap();
-    (a, b)
+    let snapshot = HoldSnapshot {
+        sold: vec![(show, seat("A-1-2"), a)],
+        held: vec![
+            request(show, a, &["A-1-1"], expires),
+            request(show, b, &["A-1-3"], expires),
+        ],
+    };
+    (a, b, snapshot)
 }
 
 async fn writes_with_a_stale_epoch_fail_and_change_nothing(backend: Backend) {
     let (fixture, old) = Fixture::ready(backend).await;
     let store = fixture.store.as_ref();
     let show = ShowId::new();
-    let (a, b) = seed(store, &old, show).await;
+    let (a, b, seeded) = seed(store, &old, show).await;
     assert_eq!(store.check_epoch(&old).await, Ok(()));
 
-    // Another process rebuilt (keeping the contents: nothing was lost).
-    let current = fixture.rebuild(&HoldSnapshot::default(), now()).await;
+    // Another process rebuilt (from a log that has what the store had: nothing was lost).
+    let current = fixture.rebuild(&seeded, now()).await;
     assert_ne!(current, old);
     every_write_is_refused(store, &old, show).await;
     // Made-up epochs, a fence marker and a ready epoch of the right generation on another run
@@ -1042,7 +1090,7 @@ async fn a_fence_stops_every_write_until_its_rebuild_and_never_goes_back(backend
     let (fixture, old) = Fixture::ready(backend).await;
     let store = fixture.store.as_ref();
     let show = ShowId::new();
-    let (a, _) = seed(store, &old, show).await;
+    let (a, _, seeded) = seed(store, &old, show).await;
 
     let generation = fixture.next_generation();
     store.fence(generation).await.unwrap();
@@ -1061,10 +1109,8 @@ async fn a_fence_stops_every_write_until_its_rebuild_and_never_goes_back(backend
     assert_eq!(store.epoch().await.unwrap(), Some(marker.clone()));
 
     // The rebuild ends the fence with an epoch of its generation that writes work under.
-    let snapshot = HoldSnapshot {
-        sold: vec![(show, seat("A-1-9"), a)],
-        held: vec![],
-    };
+    let mut snapshot = seeded;
+    snapshot.sold.push((show, seat("A-1-9"), a));
     let epoch = store.rebuild(generation, &snapshot, now()).await.unwrap();
     assert!(
         matches!(EpochState::parse(&epoch), Some(EpochState::Ready { generation: g, .. }) if g == generation),

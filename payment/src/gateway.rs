@@ -97,6 +97,11 @@ pub enum GatewayError {
     /// [`PaymentGateway::charge_status`] before anything else, never charge blindly.
     #[error("payment outcome unknown: {reason}")]
     UnknownOutcome { reason: String },
+    /// The provider could not be reached: nothing was sent, no money moved. Not a try of the
+    /// payment (it does not count against the retry limit): the caller waits for the provider
+    /// as for any server that is away, and the hold's deadline bounds the wait.
+    #[error("payment provider unreachable: {reason}")]
+    Unreachable { reason: String },
     /// Permanent: the request itself is wrong (refund of an unknown charge, an amount that does not
     /// match the charge, a key reused with another amount). A bug or corrupt state, not bad luck.
     #[error("invalid payment request: {reason}")]

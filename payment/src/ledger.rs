@@ -7,7 +7,7 @@
 //! event store's migrations because they belong to the stand-in provider, not to ZingQueue):
 //!
 //! - `zq_sim_charges`, one row per charge idempotency key: `idempotency_key` (primary key),
-//!   `charge_id` (unique; derived from the key), `status` (`pending`: no decision yet, or only
+//!   `charge_id` (derived from the key, so unique with it; indexed), `status` (`pending`: no decision yet, or only
 //!   transient failures; `charged`; `declined`), `amount_minor` and `currency` (what was taken,
 //!   when charged), `decline_reason`, `attempts` (charge calls that reached a decision: the
 //!   scripted and seeded outcomes count them), `times_taken` (times money was taken: an
@@ -318,10 +318,10 @@ impl Ledger {
     }
 }
 
-const CREATE_TABLES: [&str; 3] = [
+const CREATE_TABLES: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS zq_sim_charges ( \
          idempotency_key TEXT PRIMARY KEY, \
-         charge_id TEXT NOT NULL UNIQUE, \
+         charge_id TEXT NOT NULL, \
          status TEXT NOT NULL, \
          amount_minor BIGINT, \
          currency TEXT, \
@@ -344,6 +344,10 @@ const CREATE_TABLES: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS zq_sim_refund_attempts ( \
          idempotency_key TEXT PRIMARY KEY, \
          attempts BIGINT NOT NULL)",
+    // Not UNIQUE: the charge id is derived from the key, so the key's uniqueness is its; a
+    // second unique index would make two first charges of one key race on it, and Postgres
+    // answers that race with an error instead of the `ON CONFLICT (idempotency_key)` path.
+    "CREATE INDEX IF NOT EXISTS zq_sim_charges_charge_id ON zq_sim_charges (charge_id)",
 ];
 
 const CHARGE_COLUMNS: &str = "idempotency_key, charge_id, status, amount_minor, currency, \

@@ -152,6 +152,13 @@ impl PaymentHandler {
                         "the provider refused the charge: {reason}"
                     )));
                 }
+                // Not a try: the runtime retries the record with backoff (payment is not
+                // ready meanwhile) and the hold check above bounds the wait.
+                Err(GatewayError::Unreachable { reason }) => {
+                    return Err(HandlerError::Transient(format!(
+                        "the payment provider is unreachable: {reason}"
+                    )));
+                }
                 Err(error) => {
                     last_error = error.to_string();
                     // A failed attempt, whether retried or not: the service's failure rate.
@@ -304,6 +311,11 @@ impl PaymentHandler {
                     )
                     .await?;
                     return Ok(Handled::Done);
+                }
+                Err(GatewayError::Unreachable { reason }) => {
+                    return Err(HandlerError::Transient(format!(
+                        "the payment provider is unreachable: {reason}"
+                    )));
                 }
                 Err(
                     GatewayError::Transient { reason } | GatewayError::UnknownOutcome { reason },

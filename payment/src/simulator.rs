@@ -358,7 +358,8 @@ fn ledger_failure(error: LedgerError) -> GatewayError {
         LedgerError::Corrupt { .. } | LedgerError::UnsupportedUrl(_) => GatewayError::Invalid {
             reason: error.to_string(),
         },
-        LedgerError::Database(_) | LedgerError::Commit(_) => GatewayError::Transient {
+        // The ledger is the provider's own database: while it is away, so is the provider.
+        LedgerError::Database(_) | LedgerError::Commit(_) => GatewayError::Unreachable {
             reason: error.to_string(),
         },
     }

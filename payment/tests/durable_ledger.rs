@@ -259,3 +259,31 @@ where
     }
     outcomes
 }
+
+/// The provider's own database away (the ledger's Postgres restarting): a charge is not tried
+/// and says the provider is unreachable (the payment service waits instead of spending its
+/// tries); once the database is back the same key charges once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_whose_database_is_away_makes_the_provider_unreachable() {
+    let postgres = testkit::own_postgres();
+    let simulator = open(&postgres.url).await;
+    postgres.stop(testkit::PgStop::Fast).unwrap();
+    let outcome = simulator.charge(&charge_request("away", TOKEN_OK)).await;
+    assert!(
+        matches!(outcome, Err(GatewayError::Unreachable { .. })),
+        "{outcome:?}"
+    );
+    postgres.start().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let receipt = loop {
+        match simulator.charge(&charge_request("away", TOKEN_OK)).await {
+            Ok(receipt) => break receipt,
+            Err(GatewayError::Unreachable { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let totals = ledger_totals(&postgres.url).await.unwrap();
+    assert_eq!(totals.charges_taken, 1, "{receipt:?}");
+}

@@ -220,7 +220,11 @@ impl HoldStore for MemoryHoldStore {
         if state.epoch.as_deref() != Some(fence_marker(generation).as_str()) {
             return Err(HoldError::EpochChanged);
         }
-        state.sweep();
+        // The snapshot is the whole truth: what the store held before goes (see the Redis
+        // store's `clear_under_fence`).
+        state.seats.clear();
+        state.expiries.clear();
+        state.expiry_of.clear();
         for hold in &snapshot.held {
             let ttl = hold_ttl_millis(hold.expires_at, self.grace_millis, now);
             if ttl > 0 {

@@ -257,8 +257,10 @@ pub trait HoldStore: Send + Sync + 'static {
     /// each chunk by a script that checks the marker and that the server's run id is still the
     /// one the rebuild started on), so a rebuilder overtaken by a newer fence writes nothing
     /// more; it then fails with [`HoldError::EpochChanged`] (also when the marker is gone:
-    /// flushed, restarted, never fenced). Existing entries not in the snapshot may stay (a
-    /// rebuild after a flush starts from nothing anyway).
+    /// flushed, restarted, never fenced). Every seat entry and expiry entry not in the
+    /// snapshot is deleted first, under the fence: a store restored from an older RDB/AOF file
+    /// holds sold markers and holds that the log has since undone (a cancelled sale's marker
+    /// would otherwise block its seats for good).
     ///
     /// A hold whose TTL (`expires_at + grace - now`) has already run out gets no seat entry but
     /// keeps its expiry entry, so that its `HoldExpired` is still decided. Where a snapshot names

@@ -285,6 +285,26 @@ return 0
     ))
 });
 
+/// KEYS: epoch, expiry index. ARGV: fence marker, run id, `1` to drop the expiry index (else
+/// `0`), then seat keys to delete: what the store held before the rebuild, which the snapshot
+/// replaces whole (a store restored from an older RDB file holds sold markers and holds the log
+/// has since undone).
+static REBUILD_CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}{REBUILD_PRELUDE}{}",
+        *LUA_FUNCTIONS,
+        r#"
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+end
+for k = 4, #ARGV do
+  redis.call('DEL', ARGV[k])
+end
+return 0
+"#
+    ))
+});
+
 /// KEYS: epoch. ARGV: fence marker, run id, the ready epoch (`<generation>@<run id>`). Replaces
 /// the marker with the ready epoch.
 static REBUILD_FINISH: LazyLock<Script> = LazyLock::new(|| {
@@ -411,6 +431,41 @@ impl RedisHoldStore {
             .invoke_async::<()>(&mut self.connection())
             .await
             .map_err(script_error)
+    }
+
+    /// Delete every seat key and the expiry index, under the fence: the snapshot is the whole
+    /// truth. Seat keys are found with `SCAN` (no command blocks the server for long) and
+    /// deleted a page at a time by a script that checks the fence first.
+    async fn clear_under_fence(
+        &self,
+        marker: &str,
+        run_id: &str,
+        keys: &[String],
+    ) -> Result<(), HoldError> {
+        self.rebuild_step(&REBUILD_CLEAR, marker, run_id, keys, ["1".to_string()])
+            .await?;
+        let pattern = format!("{}{{*}}:seat:*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(REBUILD_CHUNK)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            if !found.is_empty() {
+                let args = std::iter::once("0".to_string()).chain(found);
+                self.rebuild_step(&REBUILD_CLEAR, marker, run_id, keys, args)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// The same store under another key prefix (default `zq:`), e.g. to keep tests apart.
@@ -552,6 +607,7 @@ impl HoldStore for RedisHoldStore {
             });
         }
         let keys = [self.epoch_key(), self.expiries_key()];
+        self.clear_under_fence(&marker, &run_id, &keys).await?;
         // Chunks run in order, each writing its seats in order, so the holds-then-sold order
         // holds across them (expiry entries are independent of seats).
         for chunk in writes.chunks(REBUILD_CHUNK) {

@@ -196,6 +196,13 @@ async fn a_stopped_server_is_a_transient_error() {
     );
     let error = mailer.check().await.unwrap_err();
     assert!(error.is_transient(), "{error}");
+    // The server back on its port: the same mailer delivers again (lettre reconnects).
+    server.start().unwrap();
+    mailer.send(&email(Outcome::Confirmed)).await.unwrap();
+    assert_eq!(
+        server.wait_for_messages(1, Duration::from_secs(10)).len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -16,17 +16,19 @@ pub enum Fault {
     RedisFromOlderSnapshot,
     RedisFlushAll,
     BrokerKill,
+    SmtpDown,
     Kill(&'static str),
     PaymentMemberJoinsAndLeaves,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::PostgresFast,
         Fault::PostgresImmediate,
         Fault::RedisFromOlderSnapshot,
         Fault::RedisFlushAll,
         Fault::BrokerKill,
+        Fault::SmtpDown,
         Fault::Kill("api-1"),
         Fault::Kill("relay"),
         Fault::Kill("seat-lock"),
@@ -47,6 +49,7 @@ impl Fault {
             }
             Fault::RedisFlushAll => "Redis FLUSHALL".into(),
             Fault::BrokerKill => "broker (nisshi) kill -9, 2 s down".into(),
+            Fault::SmtpDown => "SMTP server stopped, 2 s down".into(),
             Fault::Kill(component) => format!("`{component}` kill -9 and restart"),
             Fault::PaymentMemberJoinsAndLeaves => "a payment member joins, then leaves".into(),
         }
@@ -260,6 +263,11 @@ impl Cluster {
                 self.broker.kill9();
                 std::thread::sleep(down);
                 self.broker.start().unwrap();
+            }
+            Fault::SmtpDown => {
+                self.smtp.stop();
+                std::thread::sleep(down);
+                self.smtp.start().unwrap();
             }
             Fault::Kill(name) => self.kill_and_restart(name),
             Fault::PaymentMemberJoinsAndLeaves => {

@@ -86,6 +86,82 @@ impl SmtpServer {
     pub fn is_running(&self) -> bool {
         running(&self.child)
     }
+
+    /// Starts a stopped server again on the same port, delivering into the same mailbox (what
+    /// a mail server restart looks like to its clients). Waits for its greeting.
+    pub fn start(&self) -> Result<(), TestkitError> {
+        if self.is_running() {
+            return Err(TestkitError::StartFailed {
+                server: "aiosmtpd",
+                reason: "it is running already".into(),
+            });
+        }
+        let log = self.dir.join("aiosmtpd.log");
+        let child = spawn(&self.dir, &self.mailbox, self.port, &log)?;
+        let pid = child.id();
+        *self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(child);
+        if let Err(reason) = wait_ready(&self.child, self.port, &log) {
+            stop(&self.child);
+            return Err(TestkitError::StartFailed {
+                server: "aiosmtpd",
+                reason,
+            });
+        }
+        guard(&self.child, &self.dir, pid);
+        Ok(())
+    }
+}
+
+/// Start aiosmtpd on `port`, delivering into `mailbox`, its output appended to `log`.
+fn spawn(dir: &Path, mailbox: &Path, port: u16, log: &Path) -> Result<Child, TestkitError> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    // -n: do not setuid to `nobody` (aiosmtpd does that when started as root, and `nobody`
+    // could not write into our folder).
+    Ok(python()
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(mailbox)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()?)
+}
+
+/// Wait for the server's greeting (a connection alone could be another process on the port).
+fn wait_ready(child: &Mutex<Option<Child>>, port: u16, log: &Path) -> Result<(), String> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(20), || {
+        running(child)
+            && tcp_exchange(address, b"QUIT\r\n").is_ok_and(|answer| answer.starts_with(b"220"))
+    })
+    .map_err(|_| format!("no SMTP greeting on port {port}; log:\n{}", log_tail(log)))
+}
+
+/// Stop the server at exit, and have the guardian stop this process should the test binary be
+/// killed outright.
+fn guard(child: &Arc<Mutex<Option<Child>>>, dir: &Path, pid: u32) {
+    let in_hook = child.clone();
+    let dir_in_hook = dir.to_path_buf();
+    let dir_quoted = shell_quote(dir.to_str().unwrap_or_default());
+    on_exit(
+        move || {
+            stop(&in_hook);
+            let _ = std::fs::remove_dir_all(&dir_in_hook);
+        },
+        // The pid may have been reused by the time the guardian runs: kill it only if it is
+        // still our server (its command line names our folder).
+        &format!(
+            "grep -qaF {dir_quoted} /proc/{pid}/cmdline 2>/dev/null && kill {pid}; \
+             rm -rf {dir_quoted}"
+        ),
+    );
 }
 
 impl Drop for SmtpServer {
@@ -160,60 +236,32 @@ pub fn try_smtp() -> Result<SmtpServer, TestkitError> {
     // A free port may be taken by someone else before the server binds it: try a few.
     for _ in 0..3 {
         let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let log_file = std::fs::File::create(&log)?;
-        // -n: do not setuid to `nobody` (aiosmtpd does that when started as root, and `nobody`
-        // could not write into our folder).
-        let child = python()
-            .args(["-m", "aiosmtpd", "-n", "-l", &listen])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&mailbox)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
+        let child = spawn(&dir, &mailbox, port, &log)?;
         let pid = child.id();
         let child = Arc::new(Mutex::new(Some(child)));
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        // Ready once it greets: a connection alone could be another process on the port.
-        let ready = wait_until(Duration::from_secs(20), || {
-            running(&child)
-                && tcp_exchange(address, b"QUIT\r\n").is_ok_and(|answer| answer.starts_with(b"220"))
-        });
-        if ready.is_ok() {
-            let in_hook = child.clone();
-            let dir_in_hook = dir.clone();
-            let dir_quoted = shell_quote(dir.to_str().unwrap_or_default());
-            on_exit(
-                move || {
-                    stop(&in_hook);
-                    let _ = std::fs::remove_dir_all(&dir_in_hook);
-                },
-                // The pid may have been reused by the time the guardian runs: kill it only if
-                // it is still our server (its command line names our folder).
-                &format!(
-                    "grep -qaF {dir_quoted} /proc/{pid}/cmdline 2>/dev/null && kill {pid}; \
-                     rm -rf {dir_quoted}"
-                ),
-            );
-            let url = format!("smtp://{listen}");
-            eprintln!(
-                "testkit: {} uses aiosmtpd at {url} (pid {pid}, mailbox {})",
-                crate::test_name(),
-                mailbox.display()
-            );
-            return Ok(SmtpServer {
-                url,
-                host: "127.0.0.1".into(),
-                port,
-                mailbox,
-                dir,
-                child,
-            });
+        match wait_ready(&child, port, &log) {
+            Ok(()) => {
+                guard(&child, &dir, pid);
+                let url = format!("smtp://127.0.0.1:{port}");
+                eprintln!(
+                    "testkit: {} uses aiosmtpd at {url} (pid {pid}, mailbox {})",
+                    crate::test_name(),
+                    mailbox.display()
+                );
+                return Ok(SmtpServer {
+                    url,
+                    host: "127.0.0.1".into(),
+                    port,
+                    mailbox,
+                    dir,
+                    child,
+                });
+            }
+            Err(reason) => {
+                stop(&child);
+                last_error = reason;
+            }
         }
-        stop(&child);
-        last_error = format!("no SMTP greeting on port {port}; log:\n{}", log_tail(&log));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Err(TestkitError::StartFailed {

@@ -285,6 +285,18 @@ pub enum BenchCommand {
     /// A full rebuild of the read models over a log of a million booking events, on Postgres
     /// and SQLite, beside pgbench's and raw SQLite's 100-row INSERTs measured in the same run.
     Replay(ReplayBenchArgs),
+    /// The chaos suite (`tests/chaos`) over several rounds of every fault, printing the recovery
+    /// time of each (median and worst). Its servers come from testkit, so it runs as the test it
+    /// is, from the source tree this binary was built from (needs cargo and the packages of
+    /// scripts/install-deps).
+    Chaos(ChaosBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosBenchArgs {
+    /// Rounds of the whole list of faults.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Relay(args)) => bench::relay::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,
         cli::Command::Bench(cli::BenchCommand::Replay(args)) => bench::replay::run(args).await,
+        cli::Command::Bench(cli::BenchCommand::Chaos(args)) => bench::chaos::run(&args),
         cli::Command::Bench(cli::BenchCommand::Sale(args)) => {
             bench::sale::run(&cli.global, args).await
         }

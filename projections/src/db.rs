@@ -248,21 +248,28 @@ macro_rules! read_models {
             tables: &TableSet,
             with_customer_index: bool,
         ) -> Result<(), ProjectionError> {
-            // One transaction, serialized between processes: two processes starting at once
-            // (two API replicas) would otherwise race on `CREATE TABLE IF NOT EXISTS`, which
-            // Postgres answers with a unique violation in its catalog.
-            let mut tx = pool.begin().await?;
-            for statement in CREATE_SETTINGS {
-                sqlx::query(statement).execute(&mut *tx).await?;
-            }
-            sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
-            sqlx::query(GENERATIONS).execute(&mut *tx).await?;
-            sqlx::query(REPLAYERS).execute(&mut *tx).await?;
-            for statement in tables.schema() {
-                sqlx::query(&statement).execute(&mut *tx).await?;
-            }
+            let mut statements: Vec<String> = [CHECKPOINTS, GENERATIONS, REPLAYERS]
+                .map(String::from)
+                .into();
+            statements.extend(tables.schema());
             if with_customer_index {
-                sqlx::query(&tables.customer_index()).execute(&mut *tx).await?;
+                statements.push(tables.customer_index());
+            }
+            if CREATE_SETTINGS.is_empty() {
+                // SQLite: each statement on its own, under the busy timeout (a deferred
+                // transaction that must upgrade to write while a projector writes would fail at
+                // once with "database is locked" instead of waiting).
+                for statement in &statements {
+                    sqlx::query(statement).execute(pool).await?;
+                }
+                return Ok(());
+            }
+            // Postgres: one transaction, serialized between processes: two processes starting
+            // at once (two API replicas) would otherwise race on `CREATE TABLE IF NOT EXISTS`,
+            // which Postgres answers with a unique violation in its catalog.
+            let mut tx = pool.begin().await?;
+            for statement in CREATE_SETTINGS.iter().copied().chain(statements.iter().map(String::as_str)) {
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -781,7 +788,8 @@ mod sqlite {
     /// checkpoint come back together); the store's next commit, synchronous, makes it durable.
     const SWITCH_SETTINGS: &[&str] = &[];
 
-    /// SQLite has one writer at a time by nature.
+    /// None: SQLite has one writer at a time by nature (and its statements then run on their
+    /// own, under the busy timeout).
     const CREATE_SETTINGS: &[&str] = &[];
 
     /// None: SQLite builds the customer index inside the switch (see `rename_indexes`).

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod ceiling;
+pub mod chaos;
 pub mod relay;
 pub mod replay;
 pub mod sale;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use event_store::{EventStore, Position, RecordedEvent, StoreError, Subscription};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tracing::{Instrument, debug_span, info, warn};
 
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
@@ -130,7 +130,12 @@ impl Relay {
                     producer_config.set("message.timeout.ms", timeout.as_millis().to_string());
                 }
                 let producer: FutureProducer = producer_config.create()?;
-                self.publish_from_checkpoint(&producer, &mut retrying).await
+                // Sends wait while the broker is away (`message.timeout.ms=0`): the probe is
+                // what shows that on `/readyz`. It ends with this producer.
+                let probe = tokio::spawn(probe_broker(producer.clone(), self.config.topic.clone()));
+                let published = self.publish_from_checkpoint(&producer, &mut retrying).await;
+                probe.abort();
+                published
             };
             let error = tokio::select! {
                 outcome = attempt => match outcome {
@@ -161,6 +166,7 @@ impl Relay {
             }
         };
         retrying.stopped();
+        crate::resilience::Readiness::global().remove(BROKER_COMPONENT);
         outcome
     }
 
@@ -259,6 +265,36 @@ impl Relay {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// The relay's broker in readiness reports.
+const BROKER_COMPONENT: &str = "relay broker";
+
+/// Every second: does the broker answer this producer (the topic's metadata within a second)?
+/// Not ready while it does not; librdkafka reconnects on its own.
+async fn probe_broker(producer: FutureProducer, topic: String) {
+    let readiness = crate::resilience::Readiness::global();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let (client, topic) = (producer.clone(), topic.clone());
+        let answered = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
+                .map(|_| ())
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => readiness.set_ready(BROKER_COMPONENT),
+            Ok(Err(error)) => {
+                readiness.set_not_ready(BROKER_COMPONENT, &format!("the broker: {error}"));
+            }
+            Err(error) => {
+                readiness.set_not_ready(BROKER_COMPONENT, &format!("probing the broker: {error}"));
             }
         }
     }

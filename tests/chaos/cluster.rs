@@ -204,6 +204,28 @@ impl Cluster {
         }
     }
 
+    /// A component answers `GET /readyz` with 503; panics after `within`.
+    fn wait_not_ready(&self, name: &str, within: Duration) {
+        let component = &self.components[self.index_of(name)];
+        let address = component
+            .listen
+            .as_ref()
+            .or(component.metrics.as_ref())
+            .expect("an address");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let (status, _) = crate::support::http(address, "GET", "/readyz", None, "");
+            if status == 503 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} still ready within {within:?} of its server going away"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The `/metrics` page of a component run on its own.
     pub fn metrics_of(&self, name: &str) -> String {
         let address = self.components[self.index_of(name)]
@@ -262,6 +284,8 @@ impl Cluster {
             Fault::BrokerKill => {
                 self.broker.kill9();
                 std::thread::sleep(down);
+                // The relay shows the outage (its sends just wait), as the groups do.
+                self.wait_not_ready("relay", Duration::from_secs(15));
                 self.broker.start().unwrap();
             }
             Fault::SmtpDown => {

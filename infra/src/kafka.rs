@@ -103,6 +103,46 @@ impl TopicAdmin for KafkaTopicAdmin {
     }
 }
 
+/// Report on `/readyz` (as `component`) whether the broker answers `client` with `topic`'s
+/// metadata within a second. The relay and every consumer group run it once a second: their
+/// clients only wait and reconnect while the broker is away, so this is what shows the outage.
+pub async fn probe_broker<C>(client: C, topic: String, component: &str)
+where
+    C: std::ops::Deref + Send + 'static,
+    C::Target: AsClient,
+{
+    let answered = tokio::task::spawn_blocking(move || client.metadata_of(&topic)).await;
+    let readiness = crate::resilience::Readiness::global();
+    match answered {
+        Ok(Ok(())) => readiness.set_ready(component),
+        Ok(Err(error)) => readiness.set_not_ready(component, &format!("the broker: {error}")),
+        Err(error) => readiness.set_not_ready(component, &format!("probing the broker: {error}")),
+    }
+}
+
+/// A Kafka client whose broker can be asked for a topic's metadata.
+pub trait AsClient {
+    fn metadata_of(&self, topic: &str) -> Result<(), KafkaError>;
+}
+
+impl<C: rdkafka::consumer::ConsumerContext> AsClient for rdkafka::consumer::StreamConsumer<C> {
+    fn metadata_of(&self, topic: &str) -> Result<(), KafkaError> {
+        use rdkafka::consumer::Consumer;
+        self.client()
+            .fetch_metadata(Some(topic), Duration::from_secs(1))
+            .map(|_| ())
+    }
+}
+
+impl AsClient for rdkafka::producer::FutureProducer {
+    fn metadata_of(&self, topic: &str) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        self.client()
+            .fetch_metadata(Some(topic), Duration::from_secs(1))
+            .map(|_| ())
+    }
+}
+
 /// Refuse a topic whose partition count is not the configured one.
 pub fn check_partitions<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,

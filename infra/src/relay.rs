@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use event_store::{EventStore, Position, RecordedEvent, StoreError, Subscription};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tracing::{Instrument, debug_span, info, warn};
 
 use crate::kafka::{BOOKING_EVENTS_TOPIC, DEFAULT_PARTITIONS, TopicAdmin, relay_producer_config};
@@ -273,30 +273,14 @@ impl Relay {
 /// The relay's broker in readiness reports.
 const BROKER_COMPONENT: &str = "relay broker";
 
-/// Every second: does the broker answer this producer (the topic's metadata within a second)?
-/// Not ready while it does not; librdkafka reconnects on its own.
+/// Every second, the broker's answer to this producer on `/readyz` (see
+/// [`crate::kafka::probe_broker`]).
 async fn probe_broker(producer: FutureProducer, topic: String) {
-    let readiness = crate::resilience::Readiness::global();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let (client, topic) = (producer.clone(), topic.clone());
-        let answered = tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(1))
-                .map(|_| ())
-        })
-        .await;
-        match answered {
-            Ok(Ok(())) => readiness.set_ready(BROKER_COMPONENT),
-            Ok(Err(error)) => {
-                readiness.set_not_ready(BROKER_COMPONENT, &format!("the broker: {error}"));
-            }
-            Err(error) => {
-                readiness.set_not_ready(BROKER_COMPONENT, &format!("probing the broker: {error}"));
-            }
-        }
+        crate::kafka::probe_broker(Box::new(producer.clone()), topic.clone(), BROKER_COMPONENT)
+            .await;
     }
 }
 

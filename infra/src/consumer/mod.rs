@@ -708,7 +708,12 @@ async fn housekeeping(
     let broker_component = format!("{} broker", config.group);
     loop {
         tick.tick().await;
-        probe_broker(&shared, &broker_component).await;
+        crate::kafka::probe_broker(
+            shared.consumer.clone(),
+            shared.topic.clone(),
+            &broker_component,
+        )
+        .await;
         save_progress(&*store, &shared, &config).await;
         if sweeps.is_multiple_of(5)
             && let Err(error) = shared.dead_letters.sweep().await
@@ -731,25 +736,6 @@ async fn housekeeping(
                 }
             }));
         }
-    }
-}
-
-/// Whether the broker answers this member (its topic's metadata within a second): a broker that
-/// is down shows on `/readyz` (librdkafka reconnects on its own; nothing else needs doing).
-async fn probe_broker(shared: &Arc<WorkerShared>, component: &str) {
-    let (consumer, topic) = (shared.consumer.clone(), shared.topic.clone());
-    let answered = tokio::task::spawn_blocking(move || {
-        consumer
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(1))
-            .map(|_| ())
-    })
-    .await;
-    let readiness = crate::resilience::Readiness::global();
-    match answered {
-        Ok(Ok(())) => readiness.set_ready(component),
-        Ok(Err(error)) => readiness.set_not_ready(component, &format!("the broker: {error}")),
-        Err(error) => readiness.set_not_ready(component, &format!("probing the broker: {error}")),
     }
 }
 
